@@ -1,0 +1,103 @@
+"""The sandbox's settings: keys and their global configuration, speed, faults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from styldod_batch.contract import DEFAULT_CONTRACT, Contract
+from styldod_batch.errors import ConfigurationError
+
+
+@dataclass(slots=True)
+class Faults:
+    """Fault injection per endpoint class. Probabilities are in [0, 1]; mutable at run time."""
+
+    api_5xx: float = 0.0
+    storage_5xx: float = 0.0
+    api_429: float = 0.0
+    storage_429: float = 0.0
+    # A connection reset after part of the request body has arrived.
+    api_reset: float = 0.0
+    storage_reset: float = 0.0
+    latency_ms: float = 0.0
+
+    def validate(self) -> None:
+        for name in ("api_5xx", "storage_5xx", "api_429", "storage_429", "api_reset",
+                     "storage_reset"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ConfigurationError(f"fault probability {name}={value} is not in [0, 1]")
+        if self.latency_ms < 0:
+            raise ConfigurationError(f"latency_ms={self.latency_ms} is negative")
+
+
+@dataclass(slots=True)
+class KeyConfig:
+    """One API key and its global configuration (the seed's lowest-precedence defaults)."""
+
+    secret: str = "sandbox-secret"
+    options: dict[str, Any] = field(default_factory=dict)
+    webhook_url: str | None = None
+    contact: dict[str, Any] = field(default_factory=dict)
+    # Orders beyond this many images in total are declined with 402 (None: unlimited).
+    credit_images: int | None = None
+    # A read-only key gets 403 on every POST.
+    read_only: bool = False
+
+
+@dataclass(slots=True)
+class SandboxConfig:
+    host: str = "127.0.0.1"
+    port: int = 0
+    storage_port: int = 0
+    api_key: str = "sandbox-key"
+    rps: int = 20
+    url_ttl_s: int = 14400
+    # Extra keys and per-key global configuration (see ``load_global_config``).
+    keys: dict[str, KeyConfig] = field(default_factory=dict)
+    # When set, every API call must carry the contract's version header with this value.
+    required_version: str | None = None
+    faults: Faults = field(default_factory=Faults)
+    # Seconds between an order's lifecycle events.
+    order_step_s: float = 0.5
+    # Webhook retry intervals (up to 3 retries at increasing intervals).
+    webhook_retry_delays_s: tuple[float, ...] = (0.5, 1.0, 2.0)
+    webhook_timeout_s: float = 5.0
+    log_path: Path | None = None
+    contract: Contract = DEFAULT_CONTRACT
+
+    def key_configs(self) -> dict[str, KeyConfig]:
+        keys = dict(self.keys)
+        keys.setdefault(self.api_key, KeyConfig())
+        return keys
+
+
+def load_global_config(path: Path) -> dict[str, KeyConfig]:
+    """Read ``{"keys": {"<api key>": {"secret", "options", "webhook_url", "contact", ...}}}``."""
+    try:
+        raw = orjson.loads(path.read_bytes())
+    except OSError as exc:
+        raise ConfigurationError(f"{path}: cannot read global config: {exc.strerror}") from exc
+    except orjson.JSONDecodeError as exc:
+        raise ConfigurationError(f"{path}: not valid JSON: {exc}") from exc
+    keys = raw.get("keys") if isinstance(raw, dict) else None
+    if not isinstance(keys, dict):
+        raise ConfigurationError(f"{path}: expected an object with a 'keys' object")
+    result: dict[str, KeyConfig] = {}
+    allowed = set(KeyConfig.__slots__)  # type: ignore[attr-defined]
+    for index, (key, entry) in enumerate(keys.items()):
+        if not isinstance(entry, dict):
+            raise ConfigurationError(f"{path}: keys entry #{index + 1} must be an object")
+        unknown = set(entry) - allowed
+        if unknown:
+            raise ConfigurationError(
+                f"{path}: keys entry #{index + 1}: unknown field(s) {', '.join(sorted(unknown))}"
+            )
+        if not isinstance(entry.get("options", {}), dict):
+            raise ConfigurationError(f"{path}: keys entry #{index + 1}: 'options' must be an object")
+        result[str(key)] = KeyConfig(**entry)
+    return result

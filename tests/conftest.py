@@ -1,0 +1,1 @@
+pytest_plugins = ["styldod_batch.sandbox.pytest_plugin"]
