@@ -1,4 +1,4 @@
-"""A local, faithful Order API on real S3 storage (SeaweedFS), for the demo, tests and benchmarks."""
+"""A local, faithful Order API on real S3 storage (SeaweedFS) for the demo, tests, benchmarks."""
 
 from styldod_batch.sandbox.config import Faults, KeyConfig, SandboxConfig, load_global_config
 from styldod_batch.sandbox.requestlog import LogEntry, RequestLog

@@ -33,15 +33,21 @@ from styldod_batch.sandbox.requestlog import LogEntry, RequestLog
 IMAGE_RESERVED_FIELDS = frozenset({"client_image_id", "image_urls", "sequence"})
 IDEMPOTENCY_TTL_S = 24 * 3600
 MAX_OBJECT_BYTES = 5 * 1024**3  # S3's limit for a single PUT
-ENTRY_KEY = web.AppKey("log_entry", LogEntry)
+ENTRY_KEY = web.RequestKey("log_entry", LogEntry)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class APIFailure(Exception):
     """Raised by handlers; becomes the contract's JSON error body."""
 
-    def __init__(self, status: int, code: str, message: str, param: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
@@ -52,13 +58,16 @@ class APIFailure(Exception):
     def response(self) -> web.Response:
         body = {"error": {"code": self.code, "message": self.message, "param": self.param}}
         return web.Response(
-            status=self.status, body=orjson.dumps(body), content_type="application/json",
+            status=self.status,
+            body=orjson.dumps(body),
+            content_type="application/json",
             headers=self.headers,
         )
 
 
-def resolve_options(global_options: dict[str, Any], apply_to_all: dict[str, Any],
-                    image_options: dict[str, Any]) -> dict[str, Any]:
+def resolve_options(
+    global_options: dict[str, Any], apply_to_all: dict[str, Any], image_options: dict[str, Any]
+) -> dict[str, Any]:
     """The server's precedence: image > apply_to_all > global; a null value sets nothing."""
     effective: dict[str, Any] = {}
     for level in (global_options, apply_to_all, image_options):
@@ -107,8 +116,15 @@ class IdempotentResult:
 
 
 class OrderAPI:
-    def __init__(self, config: SandboxConfig, *, presigner: Presigner, log: RequestLog,
-                 lifecycle: Lifecycle, revocations: URLRevocations) -> None:
+    def __init__(
+        self,
+        config: SandboxConfig,
+        *,
+        presigner: Presigner,
+        log: RequestLog,
+        lifecycle: Lifecycle,
+        revocations: URLRevocations,
+    ) -> None:
         self.config = config
         self.contract = config.contract
         self.faults: Faults = config.faults
@@ -151,8 +167,11 @@ class OrderAPI:
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         path = request.path
-        kind = "control" if path.startswith("/_sandbox/") else (
-            "output" if path.startswith("/outputs/") else "api")
+        kind = (
+            "control"
+            if path.startswith("/_sandbox/")
+            else ("output" if path.startswith("/outputs/") else "api")
+        )
         entry = self.log.start(kind, request.method, path)
         entry.idempotency_key = request.headers.get(self.contract.idempotency_header)
         for name in ("Content-Type", "Content-Length", self.contract.version_header):
@@ -182,8 +201,9 @@ class OrderAPI:
         self.log.finish(entry)
         return response
 
-    async def _guarded(self, request: web.Request, handler: Handler,
-                       entry: LogEntry) -> web.StreamResponse:
+    async def _guarded(
+        self, request: web.Request, handler: Handler, entry: LogEntry
+    ) -> web.StreamResponse:
         faults = self.faults
         if faults.latency_ms:
             await asyncio.sleep(faults.latency_ms / 1000)
@@ -193,14 +213,18 @@ class OrderAPI:
         window = self._windows.setdefault(key, SlidingWindow(self.config.rps))
         wait = window.try_acquire(entry.mono)
         if wait is not None:
-            raise APIFailure(429, "rate_limited",
-                             f"More than {self.config.rps} requests in one second.",
-                             headers={"Retry-After": str(max(1, math.ceil(wait)))})
+            raise APIFailure(
+                429,
+                "rate_limited",
+                f"More than {self.config.rps} requests in one second.",
+                headers={"Retry-After": str(max(1, math.ceil(wait)))},
+            )
         roll = random.random()
         if roll < faults.api_429:
             entry.fault = "429"
-            raise APIFailure(429, "rate_limited", "Injected rate limit.",
-                             headers={"Retry-After": "1"})
+            raise APIFailure(
+                429, "rate_limited", "Injected rate limit.", headers={"Retry-After": "1"}
+            )
         roll -= faults.api_429
         if roll < faults.api_5xx:
             entry.fault = "5xx"
@@ -223,15 +247,20 @@ class OrderAPI:
             auth = request.headers.get("Authorization", "")
             if auth.startswith("Basic "):
                 try:
-                    user, _, secret = base64.b64decode(auth[6:], validate=True).decode().partition(":")
+                    user, _, secret = (
+                        base64.b64decode(auth[6:], validate=True).decode().partition(":")
+                    )
                 except (binascii.Error, UnicodeDecodeError):
                     user = secret = ""
                 config = self.keys.get(user)
                 if config is not None and secrets.compare_digest(secret, config.secret):
                     return user
                 raise APIFailure(401, "invalid_credentials", "Invalid API key or secret.")
-            raise APIFailure(401, "missing_api_key",
-                             f"Provide the {self.contract.api_key_header} header or HTTP Basic.")
+            raise APIFailure(
+                401,
+                "missing_api_key",
+                f"Provide the {self.contract.api_key_header} header or HTTP Basic.",
+            )
         if key not in self.keys:
             raise APIFailure(401, "invalid_api_key", "The API key is invalid or expired.")
         return key
@@ -245,8 +274,9 @@ class OrderAPI:
         if sent is None:
             raise APIFailure(400, "version_required", f"The {name} header is required.", name)
         if sent != required:
-            raise APIFailure(400, "unsupported_version", f"API version {sent} is not supported.",
-                             name)
+            raise APIFailure(
+                400, "unsupported_version", f"API version {sent} is not supported.", name
+            )
 
     # -- endpoints ---------------------------------------------------------------------------
 
@@ -260,35 +290,56 @@ class OrderAPI:
             raise APIFailure(400, "too_many_files", f"At most {limit} files per call.", "files")
         ttl = self.config.url_ttl_s
         expires_at = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=ttl)).strftime(
-            "%Y-%m-%dT%H:%M:%SZ")
+            "%Y-%m-%dT%H:%M:%SZ"
+        )
         batch = uuid.uuid4().hex[:12]
         out = []
         for i, item in enumerate(files):
             param = f"files[{i}]"
             if not isinstance(item, dict):
                 raise APIFailure(400, "invalid_parameter", "Each file must be an object.", param)
-            name, ctype, size = (item.get("file_name"), item.get("content_type"),
-                                 item.get("content_length"))
+            name, ctype, size = (
+                item.get("file_name"),
+                item.get("content_type"),
+                item.get("content_length"),
+            )
             if not isinstance(name, str) or not name.strip():
-                raise APIFailure(400, "missing_parameter", "file_name is required.",
-                                 param + ".file_name")
+                raise APIFailure(
+                    400, "missing_parameter", "file_name is required.", param + ".file_name"
+                )
             if ctype not in self.contract.content_types:
-                raise APIFailure(422, "unsupported_content_type",
-                                 f"content_type {ctype!r} is not accepted.",
-                                 param + ".content_type")
-            if (not isinstance(size, int) or isinstance(size, bool) or size < 1
-                    or size > MAX_OBJECT_BYTES):
-                raise APIFailure(400, "invalid_parameter",
-                                 "content_length must be a positive integer up to 5 GiB.",
-                                 param + ".content_length")
+                raise APIFailure(
+                    422,
+                    "unsupported_content_type",
+                    f"content_type {ctype!r} is not accepted.",
+                    param + ".content_type",
+                )
+            if (
+                not isinstance(size, int)
+                or isinstance(size, bool)
+                or size < 1
+                or size > MAX_OBJECT_BYTES
+            ):
+                raise APIFailure(
+                    400,
+                    "invalid_parameter",
+                    "content_length must be a positive integer up to 5 GiB.",
+                    param + ".content_length",
+                )
             object_key = f"uploads/{batch}/{i}/{name.lstrip('/')}"
             upload_url = self.presigner.upload_url(object_key, str(ctype), ttl)
             query = parse_qs(urlsplit(upload_url).query)
             self.revocations.issued(query["X-Amz-Date"][0], query["X-Amz-Signature"][0])
             image_url = self.presigner.object_url(object_key)
             self.uploads[image_url] = UploadSlot(object_key, size, str(ctype))
-            out.append({"file_name": name, "upload_url": upload_url, "image_url": image_url,
-                        "expires_at": expires_at})
+            out.append(
+                {
+                    "file_name": name,
+                    "upload_url": upload_url,
+                    "image_url": image_url,
+                    "expires_at": expires_at,
+                }
+            )
         return _json({"upload_urls": out})
 
     async def create_order(self, request: web.Request) -> web.Response:
@@ -304,14 +355,19 @@ class OrderAPI:
             record = None
         if record is not None:
             if record.body_hash != body_hash:
-                raise APIFailure(409, "idempotency_key_reused",
-                                 "This Idempotency-Key was used with a different request body.",
-                                 self.contract.idempotency_header)
+                raise APIFailure(
+                    409,
+                    "idempotency_key_reused",
+                    "This Idempotency-Key was used with a different request body.",
+                    self.contract.idempotency_header,
+                )
             await record.done.wait()
             if record.status:
                 request[ENTRY_KEY].replayed = True
                 return web.Response(
-                    status=record.status, body=record.body, content_type="application/json",
+                    status=record.status,
+                    body=record.body,
+                    content_type="application/json",
                     headers={self.contract.replayed_header: "true"},
                 )
         record = IdempotentResult(body_hash=body_hash, created=time.time())
@@ -337,25 +393,29 @@ class OrderAPI:
         max_images = self.contract.max_images_per_order
         image_list = body.get("image_list")
         if not isinstance(image_list, list) or not image_list:
-            raise APIFailure(400, "missing_parameter", "'image_list' must be a non-empty list.",
-                             "image_list")
+            raise APIFailure(
+                400, "missing_parameter", "'image_list' must be a non-empty list.", "image_list"
+            )
         if len(image_list) > max_images:
-            raise APIFailure(400, "too_many_images", f"At most {max_images} images per order.",
-                             "image_list")
+            raise APIFailure(
+                400, "too_many_images", f"At most {max_images} images per order.", "image_list"
+            )
         order_name = body.get("order_name")
         if order_name is not None and not isinstance(order_name, str):
-            raise APIFailure(400, "invalid_parameter", "order_name must be a string.",
-                             "order_name")
+            raise APIFailure(400, "invalid_parameter", "order_name must be a string.", "order_name")
         webhook_url = body.get("webhook_url")
         if webhook_url is not None and (
-            not isinstance(webhook_url, str) or urlsplit(webhook_url).scheme not in ("http", "https")
+            not isinstance(webhook_url, str)
+            or urlsplit(webhook_url).scheme not in ("http", "https")
         ):
-            raise APIFailure(400, "invalid_parameter", "webhook_url must be an http(s) URL.",
-                             "webhook_url")
+            raise APIFailure(
+                400, "invalid_parameter", "webhook_url must be an http(s) URL.", "webhook_url"
+            )
         apply_to_all = body.get("apply_to_all") or {}
         if not isinstance(apply_to_all, dict):
-            raise APIFailure(400, "invalid_parameter", "apply_to_all must be an object.",
-                             "apply_to_all")
+            raise APIFailure(
+                400, "invalid_parameter", "apply_to_all must be an object.", "apply_to_all"
+            )
         _check_options(apply_to_all, "apply_to_all")
         key_config = self.keys[key]
         seen_ids: set[str] = set()
@@ -367,61 +427,86 @@ class OrderAPI:
                 raise APIFailure(400, "invalid_parameter", "Each image must be an object.", param)
             client_id = item.get("client_image_id")
             if not isinstance(client_id, str) or not client_id:
-                raise APIFailure(400, "missing_parameter", "client_image_id is required.",
-                                 param + ".client_image_id")
+                raise APIFailure(
+                    400,
+                    "missing_parameter",
+                    "client_image_id is required.",
+                    param + ".client_image_id",
+                )
             if client_id in seen_ids:
-                raise APIFailure(400, "duplicate_client_image_id",
-                                 f"client_image_id {client_id!r} appears twice.",
-                                 param + ".client_image_id")
+                raise APIFailure(
+                    400,
+                    "duplicate_client_image_id",
+                    f"client_image_id {client_id!r} appears twice.",
+                    param + ".client_image_id",
+                )
             seen_ids.add(client_id)
             urls = item.get("image_urls")
-            if (not isinstance(urls, list) or not urls
-                    or not all(isinstance(u, str) for u in urls)):
-                raise APIFailure(400, "missing_parameter", "image_urls must list URLs.",
-                                 param + ".image_urls")
+            if not isinstance(urls, list) or not urls or not all(isinstance(u, str) for u in urls):
+                raise APIFailure(
+                    400, "missing_parameter", "image_urls must list URLs.", param + ".image_urls"
+                )
             sequence = item.get("sequence")
-            if sequence is not None and (not isinstance(sequence, int) or isinstance(sequence, bool)):
-                raise APIFailure(400, "invalid_parameter", "sequence must be an integer.",
-                                 param + ".sequence")
+            if sequence is not None and (
+                not isinstance(sequence, int) or isinstance(sequence, bool)
+            ):
+                raise APIFailure(
+                    400, "invalid_parameter", "sequence must be an integer.", param + ".sequence"
+                )
             image_options = {k: v for k, v in item.items() if k not in IMAGE_RESERVED_FIELDS}
             _check_options(image_options, param)
             keys = []
             for j, url in enumerate(urls):
                 upload = self.uploads.get(url)
                 if upload is None:
-                    raise APIFailure(422, "image_not_uploaded",
-                                     f"{url} is not an upload URL issued to this key.",
-                                     f"{param}.image_urls[{j}]")
+                    raise APIFailure(
+                        422,
+                        "image_not_uploaded",
+                        f"{url} is not an upload URL issued to this key.",
+                        f"{param}.image_urls[{j}]",
+                    )
                 keys.append(upload.object_key)
                 to_check.append((url, f"{param}.image_urls[{j}]"))
-            images.append(SandboxImage(
-                client_image_id=client_id, image_urls=list(urls), object_keys=keys,
-                sequence=sequence,
-                options=resolve_options(key_config.options, apply_to_all, image_options),
-                bad="error" in (client_id + " " + " ".join(keys)).lower(),
-            ))
+            images.append(
+                SandboxImage(
+                    client_image_id=client_id,
+                    image_urls=list(urls),
+                    object_keys=keys,
+                    sequence=sequence,
+                    options=resolve_options(key_config.options, apply_to_all, image_options),
+                    bad="error" in (client_id + " " + " ".join(keys)).lower(),
+                )
+            )
         await self._check_uploaded(to_check)
         credit = key_config.credit_images
         if credit is not None and self.images_ordered.get(key, 0) + len(images) > credit:
-            raise APIFailure(402, "order_declined",
-                             "The order was declined: not enough image credit on this account.")
+            raise APIFailure(
+                402,
+                "order_declined",
+                "The order was declined: not enough image credit on this account.",
+            )
         self.images_ordered[key] = self.images_ordered.get(key, 0) + len(images)
         order_id = str(next(self._order_ids))
         order = SandboxOrder(
-            order_id=order_id, key=key, order_name=order_name,
+            order_id=order_id,
+            key=key,
+            order_name=order_name,
             webhook_url=webhook_url or key_config.webhook_url,
-            apply_to_all=apply_to_all, images=images,
+            apply_to_all=apply_to_all,
+            images=images,
         )
         self.orders[order_id] = order
         request[ENTRY_KEY].order_id = order_id
         self.lifecycle.begin(order)
-        return _json({
-            "orderID": order_id,
-            "order_status": order.status,
-            "createdAt": order.created_at,
-            "updatedAt": order.updated_at,
-            "image_list": [image.public(with_options=False) for image in images],
-        })
+        return _json(
+            {
+                "orderID": order_id,
+                "order_status": order.status,
+                "createdAt": order.created_at,
+                "updatedAt": order.updated_at,
+                "image_list": [image.public(with_options=False) for image in images],
+            }
+        )
 
     async def _check_uploaded(self, urls: list[tuple[str, str]]) -> None:
         """HEAD every object: it must exist with exactly the size announced for it."""
@@ -435,13 +520,16 @@ class OrderAPI:
                 if r.status == 404:
                     raise APIFailure(422, "image_not_uploaded", f"{url} was never uploaded.", param)
                 if r.status != 200:
-                    raise APIFailure(503, "storage_unavailable",
-                                     f"Storage answered {r.status} to a HEAD.", param)
+                    raise APIFailure(
+                        503, "storage_unavailable", f"Storage answered {r.status} to a HEAD.", param
+                    )
                 if r.content_length != upload.size:
                     raise APIFailure(
-                        422, "image_not_uploaded",
+                        422,
+                        "image_not_uploaded",
                         f"{url} holds {r.content_length} bytes, {upload.size} were announced.",
-                        param)
+                        param,
+                    )
 
         async with asyncio.TaskGroup() as group:
             for url, param in urls:
@@ -463,10 +551,12 @@ class OrderAPI:
             index = int(request.match_info["index"])
         except ValueError:
             index = -1
-        if (order is None or not secrets.compare_digest(request.match_info["token"],
-                                                        order.output_token)
-                or not 0 <= index < len(order.images)
-                or order.images[index].output_url is None):
+        if (
+            order is None
+            or not secrets.compare_digest(request.match_info["token"], order.output_token)
+            or not 0 <= index < len(order.images)
+            or order.images[index].output_url is None
+        ):
             raise APIFailure(404, "output_not_found", "No such output.")
         image = order.images[index]
         async with self._http.get(self.presigner.direct_url("GET", image.object_keys[0])) as up:
@@ -487,8 +577,7 @@ class OrderAPI:
     # -- control (tests and benchmarks drive the sandbox in another process through these) --
 
     async def control_log(self, request: web.Request) -> web.Response:
-        return web.Response(body=orjson.dumps(self.log.as_dicts()),
-                            content_type="application/json")
+        return web.Response(body=orjson.dumps(self.log.as_dicts()), content_type="application/json")
 
     async def control_expire(self, request: web.Request) -> web.Response:
         self.revocations.expire_all_now()
@@ -497,12 +586,11 @@ class OrderAPI:
     async def control_faults(self, request: web.Request) -> web.Response:
         body = await _json_object(request)
         for name, value in body.items():
-            if name not in Faults.__slots__:  # type: ignore[attr-defined]
+            if name not in Faults.__slots__:
                 raise APIFailure(400, "invalid_parameter", f"Unknown fault {name!r}.", name)
             setattr(self.faults, name, float(value))
         self.faults.validate()
-        return _json({name: getattr(self.faults, name)
-                      for name in Faults.__slots__})  # type: ignore[attr-defined]
+        return _json({name: getattr(self.faults, name) for name in Faults.__slots__})
 
 
 def _check_options(options: dict[str, Any], where: str) -> None:
@@ -511,11 +599,13 @@ def _check_options(options: dict[str, Any], where: str) -> None:
         if expected is None or value is None:
             continue
         if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
-            raise APIFailure(400, "invalid_option",
-                             f"{name} must be a {expected.__name__}.", f"{where}.{name}")
+            raise APIFailure(
+                400, "invalid_option", f"{name} must be a {expected.__name__}.", f"{where}.{name}"
+            )
         if name == "service" and value not in SERVICES:
-            raise APIFailure(400, "invalid_option", f"Unknown service {value!r}.",
-                             f"{where}.{name}")
+            raise APIFailure(
+                400, "invalid_option", f"Unknown service {value!r}.", f"{where}.{name}"
+            )
 
 
 def _parse_object(raw: bytes) -> dict[str, Any]:
@@ -534,4 +624,3 @@ async def _json_object(request: web.Request) -> dict[str, Any]:
 
 def _json(body: Any) -> web.Response:
     return web.Response(body=orjson.dumps(body), content_type="application/json")
-

@@ -26,8 +26,14 @@ class Faults:
     latency_ms: float = 0.0
 
     def validate(self) -> None:
-        for name in ("api_5xx", "storage_5xx", "api_429", "storage_429", "api_reset",
-                     "storage_reset"):
+        for name in (
+            "api_5xx",
+            "storage_5xx",
+            "api_429",
+            "storage_429",
+            "api_reset",
+            "storage_reset",
+        ):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ConfigurationError(f"fault probability {name}={value} is not in [0, 1]")
@@ -39,7 +45,7 @@ class Faults:
 class KeyConfig:
     """One API key and its global configuration (the seed's lowest-precedence defaults)."""
 
-    secret: str = "sandbox-secret"
+    secret: str = "sandbox-secret"  # noqa: S105 (the sandbox's documented default)
     options: dict[str, Any] = field(default_factory=dict)
     webhook_url: str | None = None
     contact: dict[str, Any] = field(default_factory=dict)
@@ -88,7 +94,7 @@ def load_global_config(path: Path) -> dict[str, KeyConfig]:
     if not isinstance(keys, dict):
         raise ConfigurationError(f"{path}: expected an object with a 'keys' object")
     result: dict[str, KeyConfig] = {}
-    allowed = set(KeyConfig.__slots__)  # type: ignore[attr-defined]
+    allowed = set(KeyConfig.__slots__)
     for index, (key, entry) in enumerate(keys.items()):
         if not isinstance(entry, dict):
             raise ConfigurationError(f"{path}: keys entry #{index + 1} must be an object")
@@ -98,6 +104,8 @@ def load_global_config(path: Path) -> dict[str, KeyConfig]:
                 f"{path}: keys entry #{index + 1}: unknown field(s) {', '.join(sorted(unknown))}"
             )
         if not isinstance(entry.get("options", {}), dict):
-            raise ConfigurationError(f"{path}: keys entry #{index + 1}: 'options' must be an object")
+            raise ConfigurationError(
+                f"{path}: keys entry #{index + 1}: 'options' must be an object"
+            )
         result[str(key)] = KeyConfig(**entry)
     return result

@@ -38,16 +38,15 @@ STREAM_CHUNK = 256 * 1024
 LOGGED_HEADERS = ("Content-Type", "Content-Length", "Content-MD5", "Transfer-Encoding")
 
 
-def s3_error(status: int, code: str, message: str, resource: str,
-             headers: dict[str, str] | None = None) -> web.Response:
+def s3_error(
+    status: int, code: str, message: str, resource: str, headers: dict[str, str] | None = None
+) -> web.Response:
     body = (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
         f"<Error><Code>{code}</Code><Message>{escape(message)}</Message>"
         f"<Resource>{escape(resource)}</Resource></Error>"
     )
-    return web.Response(
-        status=status, text=body, content_type="application/xml", headers=headers
-    )
+    return web.Response(status=status, text=body, content_type="application/xml", headers=headers)
 
 
 class URLRevocations:
@@ -77,8 +76,9 @@ class URLRevocations:
 
 
 class StorageGateway:
-    def __init__(self, *, upstream: str, faults: Faults, log: RequestLog,
-                 revocations: URLRevocations) -> None:
+    def __init__(
+        self, *, upstream: str, faults: Faults, log: RequestLog, revocations: URLRevocations
+    ) -> None:
         self.upstream = URL(upstream)
         self.faults = faults
         self.log = log
@@ -126,16 +126,22 @@ class StorageGateway:
             if "chunked" in request.headers.get("Transfer-Encoding", "").lower():
                 entry.error_code = "NotImplemented"
                 refusal = s3_error(
-                    501, "NotImplemented",
+                    501,
+                    "NotImplemented",
                     "A header you provided implies functionality that is not implemented "
-                    "(Transfer-Encoding: chunked).", resource,
+                    "(Transfer-Encoding: chunked).",
+                    resource,
                 )
                 refusal.force_close()  # the body is never read
                 return refusal
             if request.content_length is None:
                 entry.error_code = "MissingContentLength"
-                return s3_error(411, "MissingContentLength",
-                                "You must provide the Content-Length HTTP header.", resource)
+                return s3_error(
+                    411,
+                    "MissingContentLength",
+                    "You must provide the Content-Length HTTP header.",
+                    resource,
+                )
         query = request.rel_url.query
         amz_date, signature = query.get("X-Amz-Date"), query.get("X-Amz-Signature")
         if amz_date and signature and self.revocations.is_revoked(amz_date, signature):
@@ -146,8 +152,13 @@ class StorageGateway:
         if roll < faults.storage_429:
             entry.fault = entry.error_code = "SlowDown"
             await _drain(request)
-            return s3_error(429, "SlowDown", "Please reduce your request rate.", resource,
-                            headers={"Retry-After": "1"})
+            return s3_error(
+                429,
+                "SlowDown",
+                "Please reduce your request rate.",
+                resource,
+                headers={"Retry-After": "1"},
+            )
         roll -= faults.storage_429
         if roll < faults.storage_5xx:
             entry.fault = entry.error_code = "ServiceUnavailable"
@@ -169,18 +180,23 @@ class StorageGateway:
         if request.can_read_body:
             body = _counting(request, entry)
         async with self._session.request(
-            request.method, target, headers=headers, data=body,
+            request.method,
+            target,
+            headers=headers,
+            data=body,
             skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
             allow_redirects=False,
         ) as upstream:
             out_headers = CIMultiDict(
-                (k, v) for k, v in upstream.headers.items()
+                (k, v)
+                for k, v in upstream.headers.items()
                 if k.lower() not in HOP_BY_HOP and k.lower() != "content-length"
             )
             if upstream.status >= 400:
                 entry.error_code = _s3_code(await upstream.read())
-                return web.Response(status=upstream.status, headers=out_headers,
-                                    body=await upstream.read())
+                return web.Response(
+                    status=upstream.status, headers=out_headers, body=await upstream.read()
+                )
             response = web.StreamResponse(status=upstream.status, headers=out_headers)
             if upstream.content_length is not None:
                 response.content_length = upstream.content_length

@@ -75,7 +75,7 @@ class SandboxOrder:
         }
 
     def view(self) -> dict[str, Any]:
-        """``GET /v2/orders/{id}``: the webhook's ``data`` plus ``orderID`` and effective options."""
+        """``GET /v2/orders/{id}``: the webhook data plus ``orderID`` and effective options."""
         body = {"orderID": self.order_id, "order_name": self.order_name}
         body.update(self.data(with_options=True))
         return body

@@ -15,7 +15,11 @@ class Presigner:
     """Pre-signs URLs for one bucket; ``public_endpoint`` is the host clients send to."""
 
     def __init__(
-        self, credentials: S3Credentials, *, public_endpoint: str, direct_endpoint: str,
+        self,
+        credentials: S3Credentials,
+        *,
+        public_endpoint: str,
+        direct_endpoint: str,
         bucket: str,
     ) -> None:
         self.bucket = bucket

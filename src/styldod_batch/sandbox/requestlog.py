@@ -67,8 +67,13 @@ class RequestLog:
     def __len__(self) -> int:
         return len(self.entries)
 
-    def select(self, kind: str | None = None, method: str | None = None,
-               status: int | None = None, path_prefix: str | None = None) -> list[LogEntry]:
+    def select(
+        self,
+        kind: str | None = None,
+        method: str | None = None,
+        status: int | None = None,
+        path_prefix: str | None = None,
+    ) -> list[LogEntry]:
         return [
             e
             for e in self.entries

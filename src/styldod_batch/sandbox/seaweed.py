@@ -135,7 +135,7 @@ class SeaweedS3:
             "-volume.preStopSeconds=0",
         ]
         args += [f"-{flag}={port}" for flag, port in self._ports.items()]
-        self._process = subprocess.Popen(
+        self._process = subprocess.Popen(  # noqa: ASYNC220 (returns at once; stop() must be sync)
             args,
             stdin=subprocess.DEVNULL,
             stdout=(root / "logs" / "stdout.log").open("wb"),

@@ -28,8 +28,9 @@ class Sandbox:
     bucket); otherwise the sandbox starts and stops its own.
     """
 
-    def __init__(self, config: SandboxConfig | None = None, *,
-                 storage: SeaweedS3 | None = None) -> None:
+    def __init__(
+        self, config: SandboxConfig | None = None, *, storage: SeaweedS3 | None = None
+    ) -> None:
         self.config = config or SandboxConfig()
         self.config.faults.validate()
         self._storage = storage
@@ -69,8 +70,12 @@ class Sandbox:
         self.started_in_s = time.monotonic() - began
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         await self.close()
 
     async def _start(self) -> None:
@@ -83,21 +88,34 @@ class Sandbox:
         self.base_url = f"http://{config.host}:{api_port}"
         self.storage_url = f"http://{config.host}:{storage_port}"
         presigner = Presigner(
-            self.storage.credentials, public_endpoint=self.storage_url,
-            direct_endpoint=self.storage.endpoint, bucket=f"sandbox-{secrets.token_hex(6)}",
+            self.storage.credentials,
+            public_endpoint=self.storage_url,
+            direct_endpoint=self.storage.endpoint,
+            bucket=f"sandbox-{secrets.token_hex(6)}",
         )
         await presigner.create_bucket()
         lifecycle = Lifecycle(
-            log=self.log, step_s=config.order_step_s,
+            log=self.log,
+            step_s=config.order_step_s,
             retry_delays_s=config.webhook_retry_delays_s,
-            timeout_s=config.webhook_timeout_s, output_base=self.base_url,
+            timeout_s=config.webhook_timeout_s,
+            output_base=self.base_url,
         )
         await lifecycle.start()
         self._lifecycle = lifecycle
-        self.api = OrderAPI(config, presigner=presigner, log=self.log, lifecycle=lifecycle,
-                            revocations=self.revocations)
-        gateway = StorageGateway(upstream=self.storage.endpoint, faults=config.faults,
-                                 log=self.log, revocations=self.revocations)
+        self.api = OrderAPI(
+            config,
+            presigner=presigner,
+            log=self.log,
+            lifecycle=lifecycle,
+            revocations=self.revocations,
+        )
+        gateway = StorageGateway(
+            upstream=self.storage.endpoint,
+            faults=config.faults,
+            log=self.log,
+            revocations=self.revocations,
+        )
         await self._serve(gateway.app(), storage_port)
         await self._serve(self.api.app(), api_port)
 
@@ -130,10 +148,15 @@ async def serve_until_signalled(config: SandboxConfig) -> None:
     async with Sandbox(config) as sandbox:
         # Scripts wait for this first line: it is printed only once everything serves.
         print(f"Order API: {sandbox.base_url}", flush=True)
-        print(f"Storage: {sandbox.storage_url} (SeaweedFS S3 at {sandbox.storage.endpoint})",
-              flush=True)
-        print(f"Rate limit: {config.rps} requests/s per key; ready in "
-              f"{sandbox.started_in_s:.1f} s; Ctrl-C stops", flush=True)
+        print(
+            f"Storage: {sandbox.storage_url} (SeaweedFS S3 at {sandbox.storage.endpoint})",
+            flush=True,
+        )
+        print(
+            f"Rate limit: {config.rps} requests/s per key; ready in "
+            f"{sandbox.started_in_s:.1f} s; Ctrl-C stops",
+            flush=True,
+        )
         await stop.wait()
         print("Stopping the sandbox", file=sys.stderr, flush=True)
     for sig in (signal.SIGINT, signal.SIGTERM):
