@@ -6,9 +6,17 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from styldod_batch.errors import ConfigurationError
+import orjson
+
+from styldod_batch.contract import OPTION_TYPES, SERVICES
+from styldod_batch.engine import RunAborted, Uploader
+from styldod_batch.errors import AuthenticationError, ConfigurationError
+from styldod_batch.report import Progress, Report
 from styldod_batch.runtime import run_async
+from styldod_batch.scan import check_inputs
+from styldod_batch.settings import Settings, from_environment
 
 EXIT_OK = 0
 EXIT_FAILURES = 1
@@ -195,6 +203,225 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _option(text: str) -> tuple[str, Any]:
+    """``key=value``; the value is read as JSON when it parses (true, 3, "x"), else a string."""
+    name, sep, raw = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    try:
+        value: Any = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        value = raw
+    name = name.strip()
+    expected = OPTION_TYPES.get(name)
+    if expected is not None and (
+        not isinstance(value, expected) or (expected is not bool and isinstance(value, bool))
+    ):
+        raise argparse.ArgumentTypeError(
+            f"option {name} must be a {expected.__name__}, not {raw!r}"
+        )
+    if name == "service" and value not in SERVICES:
+        raise argparse.ArgumentTypeError(
+            f"option service must be one of {', '.join(sorted(SERVICES))}, not {raw!r}"
+        )
+    return name, value
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value
+
+
+def _add_upload_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = commands.add_parser(
+        "upload",
+        help="upload image files and place orders",
+        description=(
+            "Stream every image under PATH into pre-signed storage PUTs, then place one order "
+            "per folder (or per fixed-size group). The API key and base URL also come from "
+            "STYLDOD_API_KEY and STYLDOD_BASE_URL. Exit status: 0 all done, 1 some images or "
+            "orders failed, 2 usage or configuration error, 3 authentication failure."
+        ),
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
+    _add_connection_args(p)
+    p.add_argument(
+        "--rps",
+        type=_rate,
+        default=None,
+        help="requests per second that may reach the API (default: 20)",
+    )
+    p.add_argument(
+        "--upload-rps",
+        type=_rate,
+        default=None,
+        metavar="R",
+        help="give storage PUTs a budget of their own (0 = unlimited); by default "
+        "they share --rps with the API calls",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        default=None,
+        help="uploads in flight at once (default: 16)",
+    )
+    p.add_argument(
+        "--order-by",
+        choices=("folder", "none"),
+        default=None,
+        help="one order per folder (default), or fixed-size groups (none)",
+    )
+    p.add_argument(
+        "--order-size",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="images per order, at most 100 (default: 100)",
+    )
+    p.add_argument(
+        "--option",
+        type=_option,
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="an order-level option (apply_to_all), e.g. basic_editing=true; repeatable",
+    )
+    p.add_argument("--webhook-url", metavar="URL", help="where the service sends order events")
+    p.add_argument(
+        "--dry-run", action="store_true", help="scan and group, print the plan, send nothing"
+    )
+    p.add_argument(
+        "--json", action="store_true", help="print one JSON report on stdout instead of the summary"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress line")
+    p.set_defaults(func=_cmd_upload)
+
+
+def _add_connection_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--base-url",
+        metavar="URL",
+        help="the Order API (default: $STYLDOD_BASE_URL or https://orderapi.styldod.com)",
+    )
+    p.add_argument(
+        "--api-key",
+        metavar="KEY",
+        help="the API key (default: $STYLDOD_API_KEY); prefer the variable, "
+        "command lines are visible to other users",
+    )
+    p.add_argument(
+        "--api-secret",
+        metavar="SECRET",
+        help="authenticate with HTTP Basic, key and this secret (default: $STYLDOD_API_SECRET)",
+    )
+    p.add_argument(
+        "--api-version", metavar="DATE", help="send this dated API version in the version header"
+    )
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    options = dict(args.option) if getattr(args, "option", None) else None
+    return from_environment(
+        base_url=args.base_url,
+        api_key=args.api_key,
+        api_secret=args.api_secret,
+        api_version=args.api_version,
+        rps=getattr(args, "rps", None),
+        upload_rps=getattr(args, "upload_rps", None),
+        concurrency=getattr(args, "concurrency", None),
+        order_by=getattr(args, "order_by", None),
+        order_size=getattr(args, "order_size", None),
+        options=options,
+        webhook_url=getattr(args, "webhook_url", None),
+        dry_run=getattr(args, "dry_run", False) or None,
+    )
+
+
+def _cmd_upload(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    if not settings.dry_run and not settings.api_key:
+        raise ConfigurationError("no API key: set STYLDOD_API_KEY or pass --api-key")
+    check_inputs(args.paths)
+    show_progress = not args.no_progress and not args.json and sys.stderr.isatty()
+    report = run_async(upload_with_progress(settings, args.paths, show_progress))
+    return _finish(report, as_json=args.json)
+
+
+async def upload_with_progress(
+    settings: Settings, paths: Sequence[str], show_progress: bool
+) -> Report | RunAborted:
+    progress = Progress() if show_progress else None
+    async with Uploader(
+        settings,
+        on_image=progress.image if progress else None,
+        on_order=progress.order if progress else None,
+    ) as uploader:
+        try:
+            result: Report | RunAborted = await uploader.run(paths)
+        except RunAborted as aborted:
+            result = aborted
+    if progress is not None:
+        progress.close()
+    return result
+
+
+def _finish(result: Report | RunAborted, *, as_json: bool) -> int:
+    aborted = result if isinstance(result, RunAborted) else None
+    report = result.report if isinstance(result, RunAborted) else result
+    if as_json:
+        body = report.to_dict()
+        if aborted is not None:
+            body["aborted"] = str(aborted.cause)
+        sys.stdout.write(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print(report.summary())
+    if aborted is not None:
+        print(f"styldod-batch: stopped: {aborted.cause}", file=sys.stderr)
+        if isinstance(aborted.cause, AuthenticationError):
+            print(
+                "styldod-batch: the API refused the key: check STYLDOD_API_KEY / --api-key",
+                file=sys.stderr,
+            )
+            return EXIT_AUTH
+        return EXIT_FAILURES
+    return EXIT_OK if report.ok else EXIT_FAILURES
+
+
+def _add_demo_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = commands.add_parser(
+        "demo",
+        help="the whole job on the built-in sandbox: no account, no network",
+        description=(
+            "Start the sandbox (Order API + SeaweedFS S3 on loopback), make a small tree of "
+            "sample listing photos, upload them, place one order per listing, wait for every "
+            "order's webhooks and print the summary."
+        ),
+    )
+    p.add_argument("--listings", type=_positive_int, default=4, help="folders to make")
+    p.add_argument("--photos", type=_positive_int, default=6, help="photos per folder")
+    p.add_argument(
+        "--keep",
+        type=Path,
+        metavar="DIR",
+        help="make the sample tree in DIR and keep it (default: a temporary folder)",
+    )
+    p.add_argument("--json", action="store_true", help="print the JSON report too")
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from styldod_batch.demo import run_demo
+
+    return run_async(
+        run_demo(listings=args.listings, photos=args.photos, keep=args.keep, as_json=args.json)
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="styldod-batch",
@@ -202,6 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
         "orders, within the API's rate limit.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_upload_parser(commands)
+    _add_demo_parser(commands)
     _add_sandbox_parser(commands)
     return parser
 

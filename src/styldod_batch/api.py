@@ -1,0 +1,215 @@
+"""The Order API client: upload URLs, orders; auth, version header, idempotency, error mapping."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+from styldod_batch.budget import RateBudget
+from styldod_batch.errors import APIError, NetworkError, error_for_status
+from styldod_batch.models import ImageItem, UploadTarget
+from styldod_batch.retry import retrying
+from styldod_batch.settings import Settings
+
+
+@dataclass(slots=True)
+class RequestCounters:
+    """What a run sent: every attempt on the wire is counted once."""
+
+    api: int = 0
+    storage: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "api": self.api,
+            "storage": self.storage,
+            "retries": self.retries,
+            "rate_limited": self.rate_limited,
+        }
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    when = email.utils.parsedate_to_datetime(value) if value else None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def api_error(status: int, body: bytes, headers: Any, *, context: str) -> APIError:
+    """Map an error answer to its exception, carrying the API's code, message and field."""
+    code = param = None
+    message = ""
+    try:
+        payload = orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        payload = None
+    if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
+        error = payload["error"]
+        code = error.get("code")
+        message = str(error.get("message") or "")
+        param = error.get("param")
+    if not message:
+        message = body[:200].decode(errors="replace").strip() or f"HTTP {status}"
+    cls = error_for_status(status)
+    return cls(
+        f"{context}: {message}",
+        status=status,
+        code=code,
+        param=param,
+        retry_after=parse_retry_after(headers.get("Retry-After")),
+    )
+
+
+class OrderAPIClient:
+    """Speaks the contract in ``settings.contract``; every call passes ``budget`` and is retried."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        settings: Settings,
+        budget: RateBudget,
+        counters: RequestCounters,
+    ) -> None:
+        if not settings.api_key:
+            from styldod_batch.errors import ConfigurationError
+
+            raise ConfigurationError("no API key: pass --api-key or set STYLDOD_API_KEY")
+        self.session = session
+        self.settings = settings
+        self.contract = settings.contract
+        self.budget = budget
+        self.counters = counters
+        self._middlewares = (budget.middleware(), _CountingMiddleware(counters))
+        self._base = settings.base_url.rstrip("/")
+        self._timeout = aiohttp.ClientTimeout(total=settings.api_timeout_s)
+        headers = {"Accept": "application/json", "Content-Type": "application/json"}
+        if settings.api_secret is not None:
+            headers["Authorization"] = aiohttp.BasicAuth(
+                settings.api_key, settings.api_secret
+            ).encode()
+        else:
+            headers[self.contract.api_key_header] = settings.api_key
+        if settings.api_version:
+            headers[self.contract.version_header] = settings.api_version
+        self._headers = headers
+
+    async def _once(
+        self, method: str, path: str, body: bytes | None, idempotency_key: str | None
+    ) -> tuple[Any, bool]:
+        headers = self._headers
+        if idempotency_key is not None:
+            headers = {**headers, self.contract.idempotency_header: idempotency_key}
+        context = f"{method} {path}"
+        try:
+            async with self.session.request(
+                method,
+                self._base + path,
+                data=body,
+                headers=headers,
+                timeout=self._timeout,
+                middlewares=self._middlewares,
+                allow_redirects=False,
+            ) as resp:
+                raw = await resp.read()
+                if resp.status >= 400:
+                    raise api_error(resp.status, raw, resp.headers, context=context)
+                replayed = resp.headers.get(self.contract.replayed_header, "").lower() == "true"
+                return (orjson.loads(raw) if raw else None), replayed
+        except (TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+            raise NetworkError(f"{context}: {type(exc).__name__}: {exc}") from exc
+        except orjson.JSONDecodeError as exc:
+            raise NetworkError(f"{context}: the answer is not JSON") from exc
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        payload: Any | None = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> tuple[Any, bool]:
+        """One API call with retries; a POST keeps one ``Idempotency-Key`` across them."""
+        body = None if payload is None else orjson.dumps(payload)
+        if method == "POST" and idempotency_key is None:
+            idempotency_key = str(uuid.uuid4())
+
+        def count_retry(_exc: BaseException) -> None:
+            self.counters.retries += 1
+
+        return await retrying(
+            lambda: self._once(method, path, body, idempotency_key),
+            self.settings.retry,
+            budget=self.budget,
+            on_retry=count_retry,
+        )
+
+    async def upload_urls(self, items: list[ImageItem]) -> list[UploadTarget]:
+        files = [
+            {
+                "file_name": item.relative,
+                "content_type": item.content_type,
+                "content_length": item.size,
+            }
+            for item in items
+        ]
+        answer, _ = await self.call("POST", self.contract.upload_urls_path, {"files": files})
+        try:
+            urls = answer["upload_urls"]
+            targets = [
+                UploadTarget(u["upload_url"], u["image_url"], u.get("expires_at", "")) for u in urls
+            ]
+        except (KeyError, TypeError) as exc:
+            raise NetworkError(
+                f"POST {self.contract.upload_urls_path}: unexpected answer shape ({exc})"
+            ) from exc
+        if len(targets) != len(items):
+            raise NetworkError(f"asked for {len(items)} upload URLs, got {len(targets)}")
+        return targets
+
+    async def create_order(
+        self, payload: dict[str, Any], idempotency_key: str
+    ) -> tuple[dict[str, Any], bool]:
+        answer, replayed = await self.call(
+            "POST", self.contract.orders_path, payload, idempotency_key=idempotency_key
+        )
+        if not isinstance(answer, dict) or "orderID" not in answer:
+            raise NetworkError("POST orders: the answer carries no orderID")
+        return answer, replayed
+
+    async def get_order(self, order_id: str) -> dict[str, Any]:
+        answer, _ = await self.call("GET", self.contract.order_url_path(order_id))
+        if not isinstance(answer, dict):
+            raise NetworkError(f"GET order {order_id}: unexpected answer")
+        return answer
+
+
+class _CountingMiddleware:
+    """Counts API attempts on the wire (it runs after the budget's grant)."""
+
+    __slots__ = ("counters",)
+
+    def __init__(self, counters: RequestCounters) -> None:
+        self.counters = counters
+
+    async def __call__(
+        self, request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+    ) -> aiohttp.ClientResponse:
+        self.counters.api += 1
+        response = await handler(request)
+        if response.status == 429:
+            self.counters.rate_limited += 1
+        return response

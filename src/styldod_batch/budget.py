@@ -1,0 +1,124 @@
+"""The rate budget: how many requests may leave, and when.
+
+The API counts arrivals strictly: no more than ``rate`` in any sliding one-second window.
+``aiolimiter.AsyncLimiter(rate, 1)`` cannot promise that (its bucket starts full and then
+drips, so twice the rate fits in one window), so the budget combines two rules:
+
+* a steady drip of one request per ``1 / rate`` seconds (``AsyncLimiter(1, 1 / rate)``),
+  which keeps traffic smooth, and
+* a record of the last ``rate`` grants: the next one waits until the oldest is more than
+  ``window + margin`` old, which makes the sliding-window promise hold outright, with the
+  margin absorbing delivery jitter between the grant and the server's clock.
+
+A 429 pauses the whole budget for ``Retry-After`` and halves its rate; the rate then
+recovers linearly to the nominal one over ``recovery_s``.
+
+The budget is enforced in an aiohttp client middleware, which aiohttp runs for every
+attempt it makes, including the silent re-send of an idempotent request on a dead
+keep-alive connection, so no request reaches the wire without a grant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+
+from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
+from aiolimiter import AsyncLimiter
+
+
+class RateBudget:
+    """At most ``rate`` grants in any sliding window of ``window_s`` (+ margin) seconds."""
+
+    __slots__ = (
+        "_drip",
+        "_drip_rate",
+        "_grants",
+        "_last_slowdown",
+        "_lock",
+        "_paused_until",
+        "_slowed_rate",
+        "granted",
+        "name",
+        "nominal_rate",
+        "rate_limited",
+        "recovery_s",
+        "window_s",
+    )
+
+    def __init__(
+        self,
+        rate: float,
+        *,
+        window_s: float = 1.0,
+        margin_s: float = 0.015,
+        recovery_s: float = 10.0,
+        name: str = "budget",
+    ) -> None:
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        self.name = name
+        self.nominal_rate = float(rate)
+        self.window_s = window_s + margin_s
+        self.recovery_s = recovery_s
+        self._grants: deque[float] = deque(maxlen=max(1, int(rate)))
+        self._lock = asyncio.Lock()
+        self._paused_until = 0.0
+        self._slowed_rate = self.nominal_rate
+        self._last_slowdown = 0.0
+        self._drip_rate = self.nominal_rate
+        self._drip = AsyncLimiter(1, 1.0 / self.nominal_rate)
+        self.granted = 0
+        self.rate_limited = 0
+
+    @property
+    def current_rate(self) -> float:
+        if self._slowed_rate >= self.nominal_rate:
+            return self.nominal_rate
+        elapsed = time.monotonic() - self._last_slowdown
+        regained = (self.nominal_rate - self._slowed_rate) * elapsed / self.recovery_s
+        return min(self.nominal_rate, self._slowed_rate + regained)
+
+    async def acquire(self) -> None:
+        # asyncio.Lock wakes waiters in FIFO order, so grants are first come, first served.
+        async with self._lock:
+            rate = self.current_rate
+            if abs(rate - self._drip_rate) > 0.05 * self.nominal_rate:
+                self._drip_rate = rate
+                self._drip = AsyncLimiter(1, 1.0 / rate)
+            await self._drip.acquire()
+            while True:
+                now = time.monotonic()
+                ready = self._paused_until
+                if len(self._grants) == self._grants.maxlen:
+                    ready = max(ready, self._grants[0] + self.window_s)
+                if ready <= now:
+                    break
+                await asyncio.sleep(ready - now)
+            self._grants.append(time.monotonic())
+            self.granted += 1
+
+    def slow_down(self, retry_after_s: float) -> None:
+        """A 429 arrived: pause everything for ``retry_after_s`` and halve the rate."""
+        now = time.monotonic()
+        self.rate_limited += 1
+        self._paused_until = max(self._paused_until, now + max(retry_after_s, 0.0))
+        self._slowed_rate = max(self.current_rate / 2, min(1.0, self.nominal_rate))
+        self._last_slowdown = now
+
+    def middleware(self) -> BudgetMiddleware:
+        return BudgetMiddleware(self)
+
+
+class BudgetMiddleware:
+    """aiohttp client middleware: every attempt on the wire first takes a grant."""
+
+    __slots__ = ("budget",)
+
+    def __init__(self, budget: RateBudget) -> None:
+        self.budget = budget
+
+    async def __call__(self, request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
+        await self.budget.acquire()
+        return await handler(request)

@@ -1,0 +1,505 @@
+"""The pipeline: scan -> pre-sign (<=50 per call, just in time) -> upload -> orders.
+
+Stages are joined by bounded queues, so a folder of a million files is never a million
+tasks or a million-entry list: the scanner blocks when the uploaders lag. Every request,
+API or storage, passes a rate budget; an order is created as soon as its own images are
+settled, with no global barrier.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import queue
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+
+from styldod_batch.api import OrderAPIClient, RequestCounters
+from styldod_batch.budget import RateBudget
+from styldod_batch.errors import (
+    APIError,
+    AuthenticationError,
+    BadRequest,
+    InputError,
+    PermissionDenied,
+    StyldodError,
+    UnprocessableEntity,
+    UploadURLExpired,
+)
+from styldod_batch.models import ImageItem, ImageResult, OrderResult, UploadTarget
+from styldod_batch.orders import Grouper, OrderPart, order_payload
+from styldod_batch.report import Report, peak_rss_mb
+from styldod_batch.retry import retrying
+from styldod_batch.scan import GroupEnd, ScanEvent, Skipped, check_inputs, scan
+from styldod_batch.settings import Settings
+
+ImageCallback = Callable[[ImageResult], None]
+OrderCallback = Callable[[OrderResult], None]
+Source = Sequence[str | os.PathLike[str]] | AsyncIterable[ImageItem]
+
+_DONE = object()
+_EMPTY = object()
+SCAN_BATCH = 256
+ORDER_WORKERS = 4
+PRESIGN_WORKERS = 2
+
+
+class RunAborted(StyldodError):
+    """A failure that stops the whole run (e.g. 401): carries the report so far."""
+
+    def __init__(self, cause: APIError, report: Report) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.report = report
+
+
+class Uploader:
+    """``async with Uploader(settings) as up: report = await up.run(paths)``.
+
+    ``on_image`` and ``on_order`` receive each result as it happens; ``stream`` yields them.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        on_image: ImageCallback | None = None,
+        on_order: OrderCallback | None = None,
+    ) -> None:
+        self.settings = settings
+        self.on_image = on_image
+        self.on_order = on_order
+        self.counters = RequestCounters()
+        self.api_budget = RateBudget(settings.rps, margin_s=settings.window_margin_s, name="api")
+        if settings.upload_rps is None:
+            self.storage_budget: RateBudget | None = self.api_budget
+        elif settings.upload_rps == 0:
+            self.storage_budget = None
+        else:
+            self.storage_budget = RateBudget(
+                settings.upload_rps, margin_s=settings.window_margin_s, name="storage"
+            )
+        self._session: aiohttp.ClientSession | None = None
+        self.api: OrderAPIClient | None = None
+        self._file_uploader: Any = None
+
+    async def __aenter__(self) -> Uploader:
+        if self.settings.dry_run:
+            return self
+        from styldod_batch.upload import FileUploader
+
+        connector = aiohttp.TCPConnector(
+            limit=self.settings.concurrency + PRESIGN_WORKERS + ORDER_WORKERS + 4,
+            ttl_dns_cache=300,
+            enable_cleanup_closed=True,
+        )
+        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+        self.api = OrderAPIClient(self._session, self.settings, self.api_budget, self.counters)
+        self._file_uploader = FileUploader(
+            self._session, self.settings, self.storage_budget, self.counters
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def run(self, source: Source) -> Report:
+        """Upload every image of ``source`` and place its orders; returns the final report.
+
+        Raises ``RunAborted`` (carrying the report so far) when the API refuses the key.
+        """
+        if not isinstance(source, AsyncIterable):
+            check_inputs(source)
+        run = _Run(self)
+        return await run.execute(source)
+
+    async def stream(self, source: Source) -> AsyncIterator[ImageResult | OrderResult]:
+        """Each image and order result as it happens; the report is ``self.last_report``."""
+        events: asyncio.Queue[ImageResult | OrderResult | object] = asyncio.Queue()
+        outer_image, outer_order = self.on_image, self.on_order
+
+        def push(result: ImageResult | OrderResult) -> None:
+            events.put_nowait(result)
+
+        self.on_image = self.on_order = push
+        task = asyncio.create_task(self.run(source))
+        task.add_done_callback(lambda _t: events.put_nowait(_DONE))
+        try:
+            while (event := await events.get()) is not _DONE:
+                yield event  # type: ignore[misc]
+            self.last_report = task.result()
+        finally:
+            self.on_image, self.on_order = outer_image, outer_order
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+
+class _Run:
+    """The state of one run: queues, groups in progress, the report."""
+
+    def __init__(self, uploader: Uploader) -> None:
+        self.up = uploader
+        self.settings = uploader.settings
+        self.report = Report(requests=uploader.counters, dry_run=self.settings.dry_run)
+        self.grouper = Grouper(
+            order_size=self.settings.order_size, by_folder=self.settings.order_by == "folder"
+        )
+        lookahead = max(
+            self.settings.presign_lookahead, self.settings.contract.max_files_per_upload_call
+        )
+        self.planned: asyncio.Queue[tuple[ImageItem, OrderPart] | object] = asyncio.Queue(
+            maxsize=lookahead
+        )
+        self.ready: asyncio.Queue[tuple[ImageItem, OrderPart, UploadTarget] | object] = (
+            asyncio.Queue(maxsize=max(self.settings.concurrency, lookahead))
+        )
+        self.order_slots = asyncio.Semaphore(ORDER_WORKERS)
+        self.group: asyncio.TaskGroup | None = None
+        self.started = time.monotonic()
+
+    async def execute(self, source: Source) -> Report:
+        try:
+            async with asyncio.TaskGroup() as group:
+                self.group = group
+                group.create_task(self._feed(source))
+                if not self.settings.dry_run:
+                    presigners = [
+                        group.create_task(self._presign_worker()) for _ in range(PRESIGN_WORKERS)
+                    ]
+                    workers = [
+                        group.create_task(self._upload_worker())
+                        for _ in range(self.settings.concurrency)
+                    ]
+                    group.create_task(self._finish_stages(presigners, workers))
+                # Order tasks join the group as their images settle; it ends with the last.
+        except* (AuthenticationError, PermissionDenied) as fatal:
+            self._finish_report()
+            cause = fatal.exceptions[0]
+            assert isinstance(cause, APIError)
+            raise RunAborted(cause, self.report) from None
+        return self._finish_report()
+
+    def _finish_report(self) -> Report:
+        self.report.elapsed_s = time.monotonic() - self.started
+        self.report.peak_rss_mb = peak_rss_mb()
+        return self.report
+
+    # -- stage 1: scan and group ------------------------------------------------------------
+
+    async def _feed(self, source: Source) -> None:
+        async for event in _events(source):
+            if isinstance(event, ImageItem):
+                part, closed = self.grouper.add(event)
+                if closed is not None:
+                    self._closed(closed)
+                if self.settings.dry_run:
+                    self._image(
+                        ImageResult(
+                            event.path,
+                            "planned",
+                            event.client_image_id,
+                            size=event.size,
+                            group=part.group,
+                        )
+                    )
+                    part.results[event.path] = ImageResult(event.path, "planned")
+                else:
+                    await self.planned.put((event, part))
+            elif isinstance(event, GroupEnd):
+                closed = self.grouper.end_group(event.group)
+                if closed is not None:
+                    self._closed(closed)
+            elif isinstance(event, Skipped):
+                self._image(ImageResult(event.path, "skipped", error=event.reason))
+            elif isinstance(event, InputError):
+                self._image(ImageResult(event.path, "failed", error=event.reason))
+        for part in self.grouper.end_all():
+            self._closed(part)
+        for _ in range(PRESIGN_WORKERS):
+            await self.planned.put(_DONE)
+
+    # -- stage 2: pre-sign just in time ------------------------------------------------------
+
+    async def _presign_worker(self) -> None:
+        limit = self.settings.contract.max_files_per_upload_call
+        while True:
+            first = await self.planned.get()
+            if first is _DONE:
+                return
+            batch = [first]
+            while len(batch) < limit:
+                try:
+                    nxt = self.planned.get_nowait()
+                except asyncio.QueueEmpty:
+                    break
+                if nxt is _DONE:
+                    self.planned.put_nowait(_DONE)  # leave it for the stage's other worker
+                    break
+                batch.append(nxt)
+            await self._presign(batch)  # type: ignore[arg-type]
+
+    async def _presign(self, batch: list[tuple[ImageItem, OrderPart]]) -> None:
+        api = self.up.api
+        assert api is not None
+        try:
+            targets = await api.upload_urls([item for item, _ in batch])
+        except (BadRequest, UnprocessableEntity) as exc:
+            if len(batch) > 1:
+                for one in batch:  # isolate the file the API refuses; the rest go on
+                    await self._presign([one])
+                return
+            item, part = batch[0]
+            self._settle(
+                part,
+                ImageResult(
+                    item.path, "failed", item.client_image_id, group=part.group, error=str(exc)
+                ),
+            )
+            return
+        except (AuthenticationError, PermissionDenied):
+            raise
+        except StyldodError as exc:
+            for item, part in batch:
+                self._settle(
+                    part,
+                    ImageResult(
+                        item.path,
+                        "failed",
+                        item.client_image_id,
+                        group=part.group,
+                        error=f"no upload URL: {exc}",
+                    ),
+                )
+            return
+        for (item, part), target in zip(batch, targets, strict=True):
+            await self.ready.put((item, part, target))
+
+    # -- stage 3: upload -----------------------------------------------------------------------
+
+    async def _upload_worker(self) -> None:
+        while (job := await self.ready.get()) is not _DONE:
+            item, part, target = job  # type: ignore[misc]
+            self._settle(part, await self._upload(item, part, target))
+
+    async def _upload(self, item: ImageItem, part: OrderPart, target: UploadTarget) -> ImageResult:
+        api = self.up.api
+        assert api is not None
+        uploader = self.up._file_uploader
+        attempts = 0
+        current = target
+
+        async def attempt() -> str:
+            nonlocal attempts, current
+            attempts += 1
+            try:
+                md5: str = await uploader.put(item, current)
+            except UploadURLExpired:
+                current = (await api.upload_urls([item]))[0]
+                raise
+            return md5
+
+        def count_retry(_exc: BaseException) -> None:
+            self.report.requests.retries += 1
+
+        try:
+            md5 = await retrying(
+                attempt, self.settings.retry, budget=self.up.storage_budget, on_retry=count_retry
+            )
+        except (AuthenticationError, PermissionDenied):
+            raise
+        except InputError as exc:
+            return ImageResult(
+                item.path,
+                "failed",
+                item.client_image_id,
+                group=part.group,
+                attempts=attempts,
+                error=exc.reason,
+            )
+        except StyldodError as exc:
+            return ImageResult(
+                item.path,
+                "failed",
+                item.client_image_id,
+                group=part.group,
+                attempts=attempts,
+                error=str(exc),
+            )
+        return ImageResult(
+            item.path,
+            "uploaded",
+            item.client_image_id,
+            group=part.group,
+            image_url=current.image_url,
+            md5=md5,
+            size=item.size,
+            attempts=attempts,
+        )
+
+    async def _finish_stages(
+        self, presigners: list[asyncio.Task[None]], workers: list[asyncio.Task[None]]
+    ) -> None:
+        await asyncio.gather(*presigners)
+        for _ in workers:
+            await self.ready.put(_DONE)
+        await asyncio.gather(*workers)
+
+    # -- stage 4: orders -----------------------------------------------------------------------
+
+    def _image(self, result: ImageResult) -> None:
+        self.report.add_image(result)
+        if self.up.on_image is not None:
+            self.up.on_image(result)
+
+    def _settle(self, part: OrderPart, result: ImageResult) -> None:
+        part.results[result.path] = result
+        self._image(result)
+        if part.settled:
+            self._place(part)
+
+    def _closed(self, part: OrderPart) -> None:
+        if part.settled:
+            self._place(part)
+
+    def _place(self, part: OrderPart) -> None:
+        assert self.group is not None
+        self.group.create_task(self._create_order(part), name=f"order {part.name}")
+
+    async def _create_order(self, part: OrderPart) -> None:
+        assert part.name is not None
+        payload = order_payload(
+            part, options=self.settings.options, webhook_url=self.settings.webhook_url
+        )
+        if self.settings.dry_run:
+            self._order(OrderResult(part.name, "planned", len(part.items)))
+            return
+        count = len(payload["image_list"])
+        if count == 0:
+            self._order(
+                OrderResult(part.name, "failed", 0, error="no image of this order was uploaded")
+            )
+            return
+        api = self.up.api
+        assert api is not None
+        key = str(uuid.uuid4())
+        async with self.order_slots:
+            try:
+                answer, replayed = await api.create_order(payload, key)
+            except (AuthenticationError, PermissionDenied):
+                raise
+            except StyldodError as exc:
+                self._order(
+                    OrderResult(part.name, "failed", count, idempotency_key=key, error=str(exc))
+                )
+                return
+        self._order(
+            OrderResult(
+                part.name,
+                "created",
+                count,
+                order_id=str(answer["orderID"]),
+                order_status=answer.get("order_status"),
+                idempotency_key=key,
+                replayed=replayed,
+            )
+        )
+
+    def _order(self, result: OrderResult) -> None:
+        self.report.add_order(result)
+        if self.up.on_order is not None:
+            self.up.on_order(result)
+
+
+async def _events(source: Source) -> AsyncIterator[ScanEvent]:
+    if isinstance(source, AsyncIterable):
+        async for item in source:
+            yield item
+        return
+    async for event in _threaded(lambda: scan(source)):
+        yield event
+
+
+async def _threaded(make: Callable[[], Iterable[ScanEvent]]) -> AsyncIterator[ScanEvent]:
+    """Run a blocking generator in a thread, in batches, behind a bounded queue."""
+    batches: queue.Queue[list[ScanEvent] | BaseException | None] = queue.Queue(maxsize=4)
+    stop = threading.Event()
+
+    def put(value: list[ScanEvent] | BaseException | None) -> bool:
+        while not stop.is_set():
+            try:
+                batches.put(value, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        batch: list[ScanEvent] = []
+        try:
+            for event in make():
+                batch.append(event)
+                if len(batch) >= SCAN_BATCH:
+                    if not put(batch):
+                        return
+                    batch = []
+            if batch and not put(batch):
+                return
+            put(None)
+        except BaseException as exc:  # handed to the event loop, which re-raises it
+            put(exc)
+
+    def take() -> list[ScanEvent] | BaseException | object | None:
+        # A bounded wait, so no executor thread outlives a cancelled run.
+        try:
+            return batches.get(timeout=0.5)
+        except queue.Empty:
+            return _DONE if not thread.is_alive() and batches.empty() else _EMPTY
+
+    thread = threading.Thread(target=produce, name="styldod-scan", daemon=True)
+    thread.start()
+    try:
+        while True:
+            got = await asyncio.to_thread(take)
+            if got is _EMPTY:
+                continue
+            if got is None or got is _DONE:
+                return
+            if isinstance(got, BaseException):
+                raise got
+            assert isinstance(got, list)
+            for event in got:
+                yield event
+    finally:
+        stop.set()
+
+
+def upload(
+    paths: Sequence[str | os.PathLike[str]], settings: Settings | None = None, **changes: Any
+) -> Report:
+    """Synchronous entry point for callers without an event loop."""
+    from styldod_batch.runtime import run_async
+    from styldod_batch.settings import from_environment
+
+    effective = settings.with_changes(**changes) if settings else from_environment(**changes)
+
+    async def main() -> Report:
+        async with Uploader(effective) as uploader:
+            return await uploader.run(paths)
+
+    return run_async(main())

@@ -1,0 +1,164 @@
+"""Results of a run: the final report (human and JSON) and the live progress line."""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from styldod_batch.api import RequestCounters
+from styldod_batch.models import ImageResult, OrderResult
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports kilobytes)."""
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    divisor = 1024 * 1024 if sys.platform == "darwin" else 1024
+    return round(kb / divisor, 1)
+
+
+@dataclass(slots=True)
+class Report:
+    total: int = 0
+    uploaded: int = 0
+    skipped: int = 0
+    failed: int = 0
+    planned: int = 0
+    bytes_uploaded: int = 0
+    orders: list[OrderResult] = field(default_factory=list)
+    failures: list[dict[str, str]] = field(default_factory=list)
+    requests: RequestCounters = field(default_factory=RequestCounters)
+    elapsed_s: float = 0.0
+    peak_rss_mb: float = 0.0
+    dry_run: bool = False
+    interrupted: bool = False
+
+    def add_image(self, result: ImageResult) -> None:
+        self.total += 1
+        if result.status == "uploaded":
+            self.uploaded += 1
+            self.bytes_uploaded += result.size
+        elif result.status == "skipped":
+            self.skipped += 1
+        elif result.status == "planned":
+            self.planned += 1
+        else:
+            self.failed += 1
+            self.failures.append({"path": result.path, "error": result.error or "failed"})
+
+    def add_order(self, result: OrderResult) -> None:
+        self.orders.append(result)
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0 and all(o.status != "failed" for o in self.orders)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "images": {
+                "total": self.total,
+                "uploaded": self.uploaded,
+                "skipped": self.skipped,
+                "failed": self.failed,
+                **({"planned": self.planned} if self.dry_run else {}),
+            },
+            "orders": [
+                {
+                    "key": o.key,
+                    "orderID": o.order_id,
+                    "images": o.images,
+                    "status": o.order_status or o.status,
+                    "error": o.error,
+                }
+                for o in sorted(self.orders, key=lambda o: o.key)
+            ],
+            "failures": self.failures,
+            "requests": self.requests.as_dict(),
+            "bytes_uploaded": self.bytes_uploaded,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "peak_rss_mb": self.peak_rss_mb,
+            "dry_run": self.dry_run,
+        }
+
+    def summary(self) -> str:
+        lines = []
+        verb = "planned" if self.dry_run else "uploaded"
+        count = self.planned if self.dry_run else self.uploaded
+        lines.append(
+            f"Images: {self.total} total, {count} {verb}, {self.skipped} skipped, "
+            f"{self.failed} failed ({self.bytes_uploaded / 1e6:.1f} MB in {self.elapsed_s:.1f} s)"
+        )
+        created = [o for o in self.orders if o.status == "created"]
+        failed = [o for o in self.orders if o.status == "failed"]
+        planned = [o for o in self.orders if o.status == "planned"]
+        lines.append(
+            f"Orders: {len(created)} created, {len(failed)} failed"
+            + (f", {len(planned)} planned" if planned else "")
+        )
+        for order in sorted(self.orders, key=lambda o: o.key):
+            detail = order.order_id or order.error or ""
+            status = order.order_status or order.status
+            lines.append(f"  {order.key:<40} {order.images:>4} images  {status:<16} {detail}")
+        if self.failures:
+            lines.append("Failures:")
+            lines.extend(f"  {f['path']}: {f['error']}" for f in self.failures[:50])
+            if len(self.failures) > 50:
+                lines.append(f"  ... and {len(self.failures) - 50} more (see --json)")
+        r = self.requests
+        lines.append(
+            f"Requests: {r.api} API, {r.storage} storage, {r.retries} retried, "
+            f"{r.rate_limited} rate-limited (429); peak memory {self.peak_rss_mb} MB"
+        )
+        if self.interrupted:
+            lines.append("Interrupted: re-run the same command to finish the job.")
+        return "\n".join(lines)
+
+
+class Progress:
+    """One status line on a terminal (files, bytes, rate, ETA), redrawn at most every
+    ``interval_s``; the total is a lower bound while the scan is still going."""
+
+    def __init__(self, stream: IO[str] | None = None, interval_s: float = 0.25) -> None:
+        self.stream = stream or sys.stderr
+        self.interval_s = interval_s
+        self.started = time.monotonic()
+        self._last = 0.0
+        self.done = 0
+        self.uploaded = 0
+        self.bytes = 0
+        self.orders = 0
+        self.expected: int | None = None
+
+    def image(self, result: ImageResult) -> None:
+        self.done += 1
+        if result.status == "uploaded":
+            self.uploaded += 1
+            self.bytes += result.size
+        self._draw()
+
+    def order(self, _result: OrderResult) -> None:
+        self.orders += 1
+        self._draw()
+
+    def _draw(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < self.interval_s:
+            return
+        self._last = now
+        elapsed = max(now - self.started, 1e-6)
+        rate = self.uploaded / elapsed
+        line = (
+            f"\r{self.done} files  {self.bytes / 1e6:.1f} MB  {rate:.1f} files/s  "
+            f"{self.bytes / elapsed / 1e6:.1f} MB/s  {self.orders} orders"
+        )
+        if self.expected and rate > 0:
+            line += f"  ETA {max(0.0, (self.expected - self.done) / rate):.0f} s"
+        self.stream.write(line + "   ")
+        self.stream.flush()
+
+    def close(self) -> None:
+        self._draw(force=True)
+        self.stream.write("\n")
+        self.stream.flush()

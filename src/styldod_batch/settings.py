@@ -1,0 +1,134 @@
+"""One ``Settings`` object for a run: defaults < environment < explicit arguments."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from styldod_batch.contract import DEFAULT_CONTRACT, Contract
+from styldod_batch.errors import ConfigurationError
+
+DEFAULT_BASE_URL = "https://orderapi.styldod.com"
+ENV_API_KEY = "STYLDOD_API_KEY"
+ENV_API_SECRET = "STYLDOD_API_SECRET"  # noqa: S105 (the variable's name, not a secret)
+ENV_BASE_URL = "STYLDOD_BASE_URL"
+
+OrderBy = Literal["folder", "none"]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Bounds for retrying one request: attempts, overall time, and the backoff curve.
+
+    Waits grow as ``base_s * 2**attempt`` up to ``cap_s``, with full jitter; a 429's
+    ``Retry-After`` is honoured by the rate budget instead.
+    """
+
+    max_attempts: int = 8
+    max_elapsed_s: float = 300.0
+    base_s: float = 0.1
+    cap_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything a run needs. The API key and secret never appear in ``repr``."""
+
+    base_url: str = DEFAULT_BASE_URL
+    api_key: str | None = field(default=None, repr=False)
+    # With a secret, requests authenticate with HTTP Basic (key as user, secret as password).
+    api_secret: str | None = field(default=None, repr=False)
+    # Dated API version sent in ``contract.version_header``; nothing is sent when None.
+    api_version: str | None = None
+    contract: Contract = DEFAULT_CONTRACT
+    # Requests per second that may arrive at the API, in any sliding one-second window.
+    rps: float = 20.0
+    # None: storage PUTs share the API's budget. 0: unlimited. R: a budget of their own.
+    upload_rps: float | None = None
+    # Safety margin added to the one-second window, for delivery jitter on the way.
+    window_margin_s: float = 0.015
+    concurrency: int = 16
+    order_by: OrderBy = "folder"
+    order_size: int = 100
+    options: Mapping[str, Any] = field(default_factory=dict)
+    webhook_url: str | None = None
+    dry_run: bool = False
+    retry: RetryPolicy = RetryPolicy()
+    # Files up to this size are read in one step and sent with Content-MD5; larger ones stream.
+    small_file_bytes: int = 4 * 1024 * 1024
+    stream_chunk_bytes: int = 1024 * 1024
+    api_timeout_s: float = 60.0
+    # A PUT fails when no byte moves for this long (large files have no overall deadline).
+    storage_idle_timeout_s: float = 120.0
+    # Pre-signed URLs are fetched at most this many files ahead of the uploads.
+    presign_lookahead: int = 100
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    @property
+    def api_origin(self) -> str:
+        parts = urlsplit(self.base_url)
+        return f"{parts.scheme}://{parts.netloc}"
+
+    def with_changes(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def validate(settings: Settings) -> None:
+    parts = urlsplit(settings.base_url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ConfigurationError(f"base URL {settings.base_url!r} is not an http(s) URL")
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+        raise ConfigurationError(
+            f"base URL {settings.base_url!r} uses plain http://; the API is HTTPS only "
+            "(plain http is accepted for loopback hosts alone)"
+        )
+    if settings.rps <= 0:
+        raise ConfigurationError(f"rps must be positive, not {settings.rps}")
+    if settings.upload_rps is not None and settings.upload_rps < 0:
+        raise ConfigurationError(
+            f"upload_rps must be 0 (unlimited) or positive, not {settings.upload_rps}"
+        )
+    if settings.concurrency < 1:
+        raise ConfigurationError(f"concurrency must be at least 1, not {settings.concurrency}")
+    limit = settings.contract.max_images_per_order
+    if not 1 <= settings.order_size <= limit:
+        raise ConfigurationError(
+            f"order_size must be between 1 and {limit}, not {settings.order_size}"
+        )
+    if settings.order_by not in ("folder", "none"):
+        raise ConfigurationError(f"order_by must be 'folder' or 'none', not {settings.order_by!r}")
+    if settings.webhook_url is not None:
+        hook = urlsplit(settings.webhook_url)
+        if hook.scheme not in ("http", "https") or not hook.hostname:
+            raise ConfigurationError(f"webhook URL {settings.webhook_url!r} is not an http(s) URL")
+    if settings.api_secret is not None and not settings.api_key:
+        raise ConfigurationError("an API secret was given without an API key")
+
+
+def from_environment(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Settings from ``STYLDOD_*`` variables, then ``overrides`` (None values are ignored)."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    if env.get(ENV_BASE_URL):
+        values["base_url"] = env[ENV_BASE_URL]
+    if env.get(ENV_API_KEY):
+        values["api_key"] = env[ENV_API_KEY]
+    if env.get(ENV_API_SECRET):
+        values["api_secret"] = env[ENV_API_SECRET]
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return Settings(**values)

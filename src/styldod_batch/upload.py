@@ -1,0 +1,176 @@
+"""One file -> one PUT to its pre-signed URL, with an explicit Content-Length and an MD5 check.
+
+Small files are read and hashed in a single thread hop and sent with ``Content-MD5``, so
+storage itself rejects a corrupted body: per-file overhead, not bandwidth, is what costs on
+small files, and each async file read is a thread hop. Larger files stream from disk with
+aiofiles in fixed chunks (memory stays at one chunk per upload) and are hashed on the way;
+either way the ETag storage returns must equal the MD5 of what was read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import os
+from collections.abc import AsyncIterator
+
+import aiofiles
+import aiohttp
+
+from styldod_batch.api import RequestCounters, api_error
+from styldod_batch.budget import RateBudget
+from styldod_batch.errors import (
+    InputError,
+    IntegrityError,
+    NetworkError,
+    ServerError,
+    UploadURLExpired,
+)
+from styldod_batch.models import ImageItem, UploadTarget
+from styldod_batch.settings import Settings
+
+
+def read_small(path: str, expected_size: int) -> tuple[bytes, bytes]:
+    """The whole file and its MD5 digest (runs in a worker thread)."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(expected_size + 1)
+    except OSError as exc:
+        raise InputError(path, f"cannot read: {exc.strerror or exc}") from exc
+    if len(data) != expected_size:
+        raise InputError(
+            path,
+            f"size changed since it was scanned ({expected_size} -> "
+            f"{len(data) if len(data) <= expected_size else 'more'} bytes)",
+        )
+    return data, hashlib.md5(data, usedforsecurity=False).digest()
+
+
+class FileUploader:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        settings: Settings,
+        budget: RateBudget | None,
+        counters: RequestCounters,
+    ) -> None:
+        self.session = session
+        self.settings = settings
+        self.counters = counters
+        middlewares: list[object] = []
+        if budget is not None:
+            middlewares.append(budget.middleware())
+        middlewares.append(_StorageCounter(counters))
+        self._middlewares = tuple(middlewares)
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=30, sock_read=settings.storage_idle_timeout_s
+        )
+
+    async def put(self, item: ImageItem, target: UploadTarget) -> str:
+        """One attempt; returns the MD5 hex storage confirmed. Raises a classified error."""
+        headers = {"Content-Type": item.content_type}
+        digest: hashlib._Hash | None = None
+        body: bytes | AsyncIterator[bytes]
+        if item.size <= self.settings.small_file_bytes:
+            body, raw_md5 = await asyncio.to_thread(read_small, item.path, item.size)
+            headers["Content-MD5"] = base64.b64encode(raw_md5).decode()
+            md5_hex = raw_md5.hex()
+        else:
+            digest = hashlib.md5(usedforsecurity=False)
+            body = self._stream(item, digest)
+            headers["Content-Length"] = str(item.size)
+            md5_hex = ""
+        try:
+            async with self.session.put(
+                target.upload_url,
+                data=body,
+                headers=headers,
+                timeout=self._timeout,
+                middlewares=self._middlewares,  # type: ignore[arg-type]
+                allow_redirects=False,
+            ) as resp:
+                answer = await resp.read()
+                status = resp.status
+                etag = resp.headers.get("ETag", "").strip('"').lower()
+                if status >= 400:
+                    raise _storage_error(status, answer, resp.headers, item)
+        except (TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+            raise NetworkError(f"PUT {item.path}: {type(exc).__name__}: {exc}") from exc
+        if digest is not None:
+            md5_hex = digest.hexdigest()
+        if etag != md5_hex:
+            raise IntegrityError(
+                f"PUT {item.path}: storage ETag {etag or '(none)'} is not the "
+                f"MD5 of the file ({md5_hex})"
+            )
+        self._check_unchanged(item)
+        return md5_hex
+
+    async def _stream(self, item: ImageItem, digest: hashlib._Hash) -> AsyncIterator[bytes]:
+        """Exactly ``item.size`` bytes, or an error that aborts the PUT mid-body."""
+        remaining = item.size
+        chunk_size = self.settings.stream_chunk_bytes
+        try:
+            async with aiofiles.open(item.path, "rb") as handle:
+                while remaining > 0:
+                    chunk = await handle.read(min(chunk_size, remaining))
+                    if not chunk:
+                        raise InputError(item.path, "file shrank during its upload")
+                    remaining -= len(chunk)
+                    digest.update(chunk)
+                    yield chunk
+                if await handle.read(1):
+                    raise InputError(item.path, "file grew during its upload")
+        except OSError as exc:
+            raise InputError(item.path, f"cannot read: {exc.strerror or exc}") from exc
+
+    @staticmethod
+    def _check_unchanged(item: ImageItem) -> None:
+        try:
+            info = os.stat(item.path)
+        except OSError as exc:
+            raise InputError(item.path, f"vanished during its upload: {exc.strerror}") from exc
+        if info.st_size != item.size or info.st_mtime_ns != item.mtime_ns:
+            raise InputError(item.path, "file changed during its upload")
+
+
+def _storage_error(status: int, body: bytes, headers: object, item: ImageItem) -> Exception:
+    code = _xml_field(body, "Code")
+    message = _xml_field(body, "Message") or code or f"HTTP {status}"
+    context = f"PUT {item.path}"
+    if status == 403 and "expired" in message.lower():
+        return UploadURLExpired(f"{context}: {message}")
+    if status == 400 and code in ("BadDigest", "IncompleteBody", "RequestTimeout"):
+        return IntegrityError(f"{context}: {code}: {message}")
+    if status == 503 and code == "SlowDown":
+        return ServerError(f"{context}: {message}", status=status, code=code)
+    error = api_error(status, b"", headers, context=context)
+    error.code = code
+    error.message = message
+    error.args = (f"{context}: {message}",)
+    return error
+
+
+def _xml_field(body: bytes, name: str) -> str | None:
+    start = body.find(f"<{name}>".encode())
+    end = body.find(f"</{name}>".encode())
+    if start < 0 or end < 0:
+        return None
+    return body[start + len(name) + 2 : end].decode(errors="replace")
+
+
+class _StorageCounter:
+    __slots__ = ("counters",)
+
+    def __init__(self, counters: RequestCounters) -> None:
+        self.counters = counters
+
+    async def __call__(
+        self, request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+    ) -> aiohttp.ClientResponse:
+        self.counters.storage += 1
+        response = await handler(request)
+        if response.status == 429:
+            self.counters.rate_limited += 1
+        return response
