@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import time
 import uuid
@@ -98,9 +99,8 @@ class OrderAPIClient:
         self._timeout = aiohttp.ClientTimeout(total=settings.api_timeout_s)
         headers = {"Accept": "application/json", "Content-Type": "application/json"}
         if settings.api_secret is not None:
-            headers["Authorization"] = aiohttp.BasicAuth(
-                settings.api_key, settings.api_secret
-            ).encode()
+            pair = f"{settings.api_key}:{settings.api_secret}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
         else:
             headers[self.contract.api_key_header] = settings.api_key
         if settings.api_version:

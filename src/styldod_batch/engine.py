@@ -89,6 +89,7 @@ class Uploader:
         self._session: aiohttp.ClientSession | None = None
         self.api: OrderAPIClient | None = None
         self._file_uploader: Any = None
+        self.last_report: Report | None = None
 
     async def __aenter__(self) -> Uploader:
         if self.settings.dry_run:

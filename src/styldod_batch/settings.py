@@ -59,7 +59,7 @@ class Settings:
     dry_run: bool = False
     retry: RetryPolicy = RetryPolicy()
     # Files up to this size are read in one step and sent with Content-MD5; larger ones stream.
-    small_file_bytes: int = 4 * 1024 * 1024
+    small_file_bytes: int = 1024 * 1024
     stream_chunk_bytes: int = 1024 * 1024
     api_timeout_s: float = 60.0
     # A PUT fails when no byte moves for this long (large files have no overall deadline).

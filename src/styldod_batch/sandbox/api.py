@@ -24,6 +24,7 @@ import orjson
 from aiohttp import web
 
 from styldod_batch.contract import OPTION_TYPES, SERVICES
+from styldod_batch.errors import ConfigurationError
 from styldod_batch.sandbox.config import Faults, KeyConfig, SandboxConfig
 from styldod_batch.sandbox.gateway import STREAM_CHUNK, URLRevocations
 from styldod_batch.sandbox.lifecycle import Lifecycle, SandboxImage, SandboxOrder
@@ -190,7 +191,9 @@ class OrderAPI:
             status = exc.status
             code = {404: "not_found", 405: "method_not_allowed"}.get(status, "http_error")
             entry.error_code = code
-            response = APIFailure(status, code, exc.reason).response()
+            # A 405 must say which methods the resource allows (RFC 9110, 15.5.6).
+            allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+            response = APIFailure(status, code, exc.reason, headers=allow).response()
         except ConnectionResetError:
             entry.status = 499
             self.log.finish(entry)
@@ -531,9 +534,14 @@ class OrderAPI:
                         param,
                     )
 
-        async with asyncio.TaskGroup() as group:
-            for url, param in urls:
-                group.create_task(head(url, param))
+        # Not a TaskGroup: it would wrap the APIFailure in an ExceptionGroup (a 500). The
+        # first failure in request order is the one reported, so its param is deterministic.
+        results = await asyncio.gather(
+            *(head(url, param) for url, param in urls), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     async def get_order(self, request: web.Request) -> web.Response:
         order_id = request.match_info["order_id"]
@@ -585,11 +593,20 @@ class OrderAPI:
 
     async def control_faults(self, request: web.Request) -> web.Response:
         body = await _json_object(request)
+        # Check every value on a copy first: a refused change leaves the faults untouched.
+        changed = Faults(**{name: getattr(self.faults, name) for name in Faults.__slots__})
         for name, value in body.items():
             if name not in Faults.__slots__:
                 raise APIFailure(400, "invalid_parameter", f"Unknown fault {name!r}.", name)
-            setattr(self.faults, name, float(value))
-        self.faults.validate()
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                raise APIFailure(400, "invalid_parameter", f"{name} must be a number.", name)
+            setattr(changed, name, float(value))
+        try:
+            changed.validate()
+        except ConfigurationError as exc:
+            raise APIFailure(400, "invalid_parameter", str(exc)) from exc
+        for name in body:
+            setattr(self.faults, name, getattr(changed, name))
         return _json({name: getattr(self.faults, name) for name in Faults.__slots__})
 
 
