@@ -13,7 +13,19 @@ from styldod_batch.models import ImageResult, OrderResult
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (Linux reports kilobytes)."""
+    """Peak resident memory of this process so far, in MiB.
+
+    On Linux this is ``VmHWM``: ``ru_maxrss`` would also count the memory of the parent
+    this process was forked from (the high-water mark survives exec), overstating a small
+    runner started by a large one.
+    """
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except (OSError, ValueError, IndexError):
+        pass
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     divisor = 1024 * 1024 if sys.platform == "darwin" else 1024
     return round(kb / divisor, 1)
