@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -59,7 +60,7 @@ def run_cli(
     )
 
 
-def json_report(completed: subprocess.CompletedProcess[str]) -> dict[str, object]:
+def json_report(completed: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     report = orjson.loads(completed.stdout)
     assert isinstance(report, dict)
     return report
