@@ -6,6 +6,7 @@ import collections
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -45,19 +46,22 @@ def stored_puts(sandbox: Sandbox) -> collections.Counter[str]:
 
 
 def run_cli(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 600
+    *args: str, env: dict[str, str] | None = None, timeout: float = 600, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
+    """The runner in a process of its own; by default in a fresh folder (its journal goes
+    to the working folder)."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("STYLDOD_")}
     full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "styldod_batch", *args],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        timeout=timeout,
-        check=False,
-        cwd=REPO,
-    )
+    with tempfile.TemporaryDirectory(prefix="styldod-cwd-") as scratch:
+        return subprocess.run(
+            [sys.executable, "-m", "styldod_batch", *args],
+            capture_output=True,
+            text=True,
+            env=full_env,
+            timeout=timeout,
+            check=False,
+            cwd=cwd or scratch,
+        )
 
 
 def json_report(completed: subprocess.CompletedProcess[str]) -> dict[str, Any]:

@@ -59,7 +59,13 @@ async def test_library_and_runner_give_the_same_report(
     assert completed.returncode == 1, completed.stderr  # the empty file failed
     runner = json_report(completed)
     assert comparable(runner) == comparable(library)
-    assert runner["images"] == {"total": 23, "uploaded": 21, "skipped": 1, "failed": 1}
+    assert runner["images"] == {
+        "total": 23,
+        "uploaded": 21,
+        "skipped": 1,
+        "failed": 1,
+        "already_done": 0,
+    }
     assert set(runner) >= {"images", "orders", "failures", "requests", "elapsed_s", "peak_rss_mb"}
     assert all(o["orderID"] for o in runner["orders"])
 
@@ -73,7 +79,13 @@ async def test_runner_exit_statuses_and_messages(
 
     ok = await cli("upload", str(tmp_path), "--json", env={**env, "STYLDOD_API_KEY": SECRET_KEY})
     assert ok.returncode == 0, ok.stderr
-    assert json_report(ok)["images"] == {"total": 2, "uploaded": 2, "skipped": 0, "failed": 0}
+    assert json_report(ok)["images"] == {
+        "total": 2,
+        "uploaded": 2,
+        "skipped": 0,
+        "failed": 0,
+        "already_done": 0,
+    }
 
     missing = await cli(
         "upload", str(tmp_path / "nope"), env={**env, "STYLDOD_API_KEY": SECRET_KEY}

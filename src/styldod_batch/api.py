@@ -142,8 +142,11 @@ class OrderAPIClient:
         *,
         idempotency_key: str | None = None,
     ) -> tuple[Any, bool]:
-        """One API call with retries; a POST keeps one ``Idempotency-Key`` across them."""
-        body = None if payload is None else orjson.dumps(payload)
+        """One API call with retries; a POST keeps one ``Idempotency-Key`` across them.
+
+        ``payload`` is JSON-encoded, unless it is ``bytes`` already (then sent as it is).
+        """
+        body = payload if payload is None or isinstance(payload, bytes) else orjson.dumps(payload)
         if method == "POST" and idempotency_key is None:
             idempotency_key = str(uuid.uuid4())
 
@@ -181,7 +184,7 @@ class OrderAPIClient:
         return targets
 
     async def create_order(
-        self, payload: dict[str, Any], idempotency_key: str
+        self, payload: dict[str, Any] | bytes, idempotency_key: str
     ) -> tuple[dict[str, Any], bool]:
         answer, replayed = await self.call(
             "POST", self.contract.orders_path, payload, idempotency_key=idempotency_key

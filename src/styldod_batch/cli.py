@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,6 +15,8 @@ import orjson
 from styldod_batch.contract import OPTION_TYPES, SERVICES
 from styldod_batch.engine import RunAborted, Uploader
 from styldod_batch.errors import AuthenticationError, ConfigurationError
+from styldod_batch.journal import Journal, iter_journals
+from styldod_batch.journal import default_path as journal_default_path
 from styldod_batch.report import Progress, Report
 from styldod_batch.runtime import run_async
 from styldod_batch.scan import check_inputs
@@ -299,6 +303,21 @@ def _add_upload_parser(commands: argparse._SubParsersAction[argparse.ArgumentPar
         "--json", action="store_true", help="print one JSON report on stdout instead of the summary"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress line")
+    p.add_argument(
+        "--journal",
+        type=Path,
+        metavar="PATH",
+        help="the job's journal (default: .styldod-batch/job-<inputs hash>.sqlite); "
+        "re-running the same command resumes the job",
+    )
+    p.add_argument(
+        "--no-journal", action="store_true", help="keep no journal: a re-run starts from scratch"
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="use a journal written for another base URL, key or order settings",
+    )
     p.set_defaults(func=_cmd_upload)
 
 
@@ -347,6 +366,10 @@ def _cmd_upload(args: argparse.Namespace) -> int:
     if not settings.dry_run and not settings.api_key:
         raise ConfigurationError("no API key: set STYLDOD_API_KEY or pass --api-key")
     check_inputs(args.paths)
+    if not settings.dry_run and not args.no_journal:
+        settings = settings.with_changes(
+            journal_path=args.journal or journal_default_path(args.paths), force_journal=args.force
+        )
     show_progress = not args.no_progress and not args.json and sys.stderr.isatty()
     report = run_async(upload_with_progress(settings, args.paths, show_progress))
     return _finish(report, as_json=args.json)
@@ -355,16 +378,44 @@ def _cmd_upload(args: argparse.Namespace) -> int:
 async def upload_with_progress(
     settings: Settings, paths: Sequence[str], show_progress: bool
 ) -> Report | RunAborted:
+    """Run the job; SIGINT/SIGTERM stop it gracefully, a second SIGINT at once."""
     progress = Progress() if show_progress else None
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    assert main is not None
     async with Uploader(
         settings,
         on_image=progress.image if progress else None,
         on_order=progress.order if progress else None,
     ) as uploader:
+
+        def on_signal(signum: int) -> None:
+            if uploader.stopping.is_set():
+                main.cancel()  # the second signal: stop now
+                return
+            print(
+                f"\nstyldod-batch: {signal.Signals(signum).name}: finishing what is in "
+                f"flight (up to {settings.stop_grace_s:.0f} s); again to stop at once",
+                file=sys.stderr,
+                flush=True,
+            )
+            uploader.request_stop()
+            loop.call_later(settings.stop_grace_s, main.cancel)
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, on_signal, signum)
         try:
             result: Report | RunAborted = await uploader.run(paths)
         except RunAborted as aborted:
             result = aborted
+        except asyncio.CancelledError:
+            report = uploader.current_report
+            assert report is not None
+            report.interrupted = True
+            result = report
+        finally:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(signum)
     if progress is not None:
         progress.close()
     return result
@@ -380,6 +431,8 @@ def _finish(result: Report | RunAborted, *, as_json: bool) -> int:
         sys.stdout.write(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
         print(report.summary())
+    if report.interrupted:
+        return EXIT_INTERRUPTED
     if aborted is not None:
         print(f"styldod-batch: stopped: {aborted.cause}", file=sys.stderr)
         if isinstance(aborted.cause, AuthenticationError):
@@ -422,6 +475,70 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+def _add_status_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = commands.add_parser(
+        "status",
+        help="what a job's journal knows: counts, orders, failures",
+        description="Show a job's journal: images by state, each order with its ID and "
+        "status, and the failures with their reasons. Sends nothing.",
+    )
+    p.add_argument(
+        "--journal",
+        type=Path,
+        metavar="PATH",
+        help="the journal (default: the one in .styldod-batch/)",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_status)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    path = args.journal
+    if path is None:
+        found = list(iter_journals())
+        if not found:
+            raise ConfigurationError("no journal in .styldod-batch/: pass --journal PATH")
+        if len(found) > 1:
+            names = ", ".join(str(p) for p in found)
+            raise ConfigurationError(f"several journals ({names}): pass --journal PATH")
+        path = found[0]
+    if not path.exists():
+        raise ConfigurationError(f"{path}: no such journal")
+    journal = Journal.open(path, identity={}, read_only=True)
+    try:
+        counts = journal.counts()
+        orders = [
+            {
+                "key": o.order_key,
+                "orderID": o.order_id,
+                "images": o.images,
+                "state": o.state,
+                "status": o.status,
+                "error": o.error,
+                "events": journal.events(o.order_id) if o.order_id else [],
+            }
+            for o in journal.orders()
+        ]
+        failures = [{"path": p, "error": e} for p, e in journal.failures()]
+    finally:
+        journal.close()
+    if args.json:
+        body = {"journal": str(path), "images": counts, "orders": orders, "failures": failures}
+        sys.stdout.write(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return EXIT_OK
+    print(f"Journal: {path}")
+    print("Images: " + (", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "none"))
+    print(f"Orders: {len(orders)}")
+    for o in orders:
+        detail = o["orderID"] or o["error"] or ""
+        print(f"  {o['key']:<40} {o['images']:>4} images  {o['status'] or o['state']:<16} {detail}")
+    if failures:
+        print("Failures:")
+        for f in failures:
+            print(f"  {f['path']}: {f['error']}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="styldod-batch",
@@ -430,6 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_upload_parser(commands)
+    _add_status_parser(commands)
     _add_demo_parser(commands)
     _add_sandbox_parser(commands)
     return parser

@@ -20,6 +20,7 @@ from types import TracebackType
 from typing import Any
 
 import aiohttp
+import orjson
 
 from styldod_batch.api import OrderAPIClient, RequestCounters
 from styldod_batch.budget import RateBudget
@@ -28,11 +29,13 @@ from styldod_batch.errors import (
     AuthenticationError,
     BadRequest,
     InputError,
+    NetworkError,
     PermissionDenied,
     StyldodError,
     UnprocessableEntity,
     UploadURLExpired,
 )
+from styldod_batch.journal import Journal
 from styldod_batch.models import ImageItem, ImageResult, OrderResult, UploadTarget
 from styldod_batch.orders import Grouper, OrderPart, order_payload
 from styldod_batch.report import Report, peak_rss_mb
@@ -90,10 +93,28 @@ class Uploader:
         self.api: OrderAPIClient | None = None
         self._file_uploader: Any = None
         self.last_report: Report | None = None
+        self.journal: Journal | None = None
+        self.stopping = asyncio.Event()
+        self._current: _Run | None = None
+
+    @property
+    def current_report(self) -> Report | None:
+        """The report of the run in progress (or the last one), as it stands."""
+        return self._current.report if self._current is not None else self.last_report
+
+    def request_stop(self) -> None:
+        """Stop taking new work; what is in flight finishes within ``stop_grace_s``."""
+        self.stopping.set()
 
     async def __aenter__(self) -> Uploader:
         if self.settings.dry_run:
             return self
+        if self.settings.journal_path is not None:
+            self.journal = Journal.open(
+                self.settings.journal_path,
+                identity=self.settings.journal_identity(),
+                force=self.settings.force_journal,
+            )
         from styldod_batch.upload import FileUploader
 
         connector = aiohttp.TCPConnector(
@@ -117,6 +138,9 @@ class Uploader:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self.journal is not None:
+            await asyncio.to_thread(self.journal.close)
+            self.journal = None
 
     async def run(self, source: Source) -> Report:
         """Upload every image of ``source`` and place its orders; returns the final report.
@@ -125,8 +149,10 @@ class Uploader:
         """
         if not isinstance(source, AsyncIterable):
             check_inputs(source)
-        run = _Run(self)
-        return await run.execute(source)
+        run = self._current = _Run(self)
+        report = await run.execute(source)
+        self.last_report = report
+        return report
 
     async def stream(self, source: Source) -> AsyncIterator[ImageResult | OrderResult]:
         """Each image and order result as it happens; the report is ``self.last_report``."""
@@ -142,7 +168,7 @@ class Uploader:
         try:
             while (event := await events.get()) is not _DONE:
                 yield event  # type: ignore[misc]
-            self.last_report = task.result()
+            task.result()
         finally:
             self.on_image, self.on_order = outer_image, outer_order
             if not task.done():
@@ -156,6 +182,7 @@ class _Run:
 
     def __init__(self, uploader: Uploader) -> None:
         self.up = uploader
+        self.journal = uploader.journal
         self.settings = uploader.settings
         self.report = Report(requests=uploader.counters, dry_run=self.settings.dry_run)
         self.grouper = Grouper(
@@ -194,6 +221,8 @@ class _Run:
             cause = fatal.exceptions[0]
             assert isinstance(cause, APIError)
             raise RunAborted(cause, self.report) from None
+        finally:
+            self.report.interrupted = self.up.stopping.is_set()
         return self._finish_report()
 
     def _finish_report(self) -> Report:
@@ -204,12 +233,18 @@ class _Run:
     # -- stage 1: scan and group ------------------------------------------------------------
 
     async def _feed(self, source: Source) -> None:
+        stopping = self.up.stopping
         async for event in _events(source):
+            if stopping.is_set():
+                break
             if isinstance(event, ImageItem):
                 part, closed = self.grouper.add(event)
                 if closed is not None:
                     self._closed(closed)
-                if self.settings.dry_run:
+                done = self._already_uploaded(event, part)
+                if done is not None:
+                    self._settle(part, done)
+                elif self.settings.dry_run:
                     self._image(
                         ImageResult(
                             event.path,
@@ -230,10 +265,36 @@ class _Run:
                 self._image(ImageResult(event.path, "skipped", error=event.reason))
             elif isinstance(event, InputError):
                 self._image(ImageResult(event.path, "failed", error=event.reason))
-        for part in self.grouper.end_all():
-            self._closed(part)
+                if self.journal is not None:
+                    self.journal.record_input(event.path, 0, 0, state="failed", error=event.reason)
+        if not stopping.is_set():
+            for part in self.grouper.end_all():
+                self._closed(part)
         for _ in range(PRESIGN_WORKERS):
             await self.planned.put(_DONE)
+
+    def _already_uploaded(self, item: ImageItem, part: OrderPart) -> ImageResult | None:
+        """The journal's record of ``item``, when an earlier run uploaded it unchanged."""
+        if self.journal is None:
+            return None
+        row = self.journal.input(item.path)
+        if (
+            row is None
+            or row.state != "uploaded"
+            or row.image_url is None
+            or (row.size, row.mtime_ns) != (item.size, item.mtime_ns)
+        ):
+            return None
+        return ImageResult(
+            item.path,
+            "uploaded",
+            item.client_image_id,
+            group=part.group,
+            image_url=row.image_url,
+            md5=row.md5,
+            size=item.size,
+            resumed=True,
+        )
 
     # -- stage 2: pre-sign just in time ------------------------------------------------------
 
@@ -253,7 +314,8 @@ class _Run:
                     self.planned.put_nowait(_DONE)  # leave it for the stage's other worker
                     break
                 batch.append(nxt)
-            await self._presign(batch)  # type: ignore[arg-type]
+            if not self.up.stopping.is_set():
+                await self._presign(batch)  # type: ignore[arg-type]
 
     async def _presign(self, batch: list[tuple[ImageItem, OrderPart]]) -> None:
         api = self.up.api
@@ -295,8 +357,24 @@ class _Run:
 
     async def _upload_worker(self) -> None:
         while (job := await self.ready.get()) is not _DONE:
+            if self.up.stopping.is_set():
+                continue
             item, part, target = job  # type: ignore[misc]
-            self._settle(part, await self._upload(item, part, target))
+            result = await self._upload(item, part, target)
+            if self.journal is not None:
+                self.journal.record_input(
+                    item.path,
+                    item.size,
+                    item.mtime_ns,
+                    state=result.status,
+                    md5=result.md5,
+                    client_image_id=item.client_image_id,
+                    group_key=part.group,
+                    image_url=result.image_url,
+                    attempts=result.attempts,
+                    error=result.error,
+                )
+            self._settle(part, result)
 
     async def _upload(self, item: ImageItem, part: OrderPart, target: UploadTarget) -> ImageResult:
         api = self.up.api
@@ -379,43 +457,82 @@ class _Run:
             self._place(part)
 
     def _place(self, part: OrderPart) -> None:
+        if self.up.stopping.is_set():
+            return  # a re-run places it
         assert self.group is not None
         self.group.create_task(self._create_order(part), name=f"order {part.name}")
 
     async def _create_order(self, part: OrderPart) -> None:
         assert part.name is not None
-        payload = order_payload(
-            part, options=self.settings.options, webhook_url=self.settings.webhook_url
-        )
+        name = part.name
         if self.settings.dry_run:
-            self._order(OrderResult(part.name, "planned", len(part.items)))
+            self._order(OrderResult(name, "planned", len(part.items)))
             return
-        count = len(payload["image_list"])
-        if count == 0:
+        journal = self.journal
+        earlier = journal.order(name) if journal is not None else None
+        if earlier is not None and earlier.state == "created":
             self._order(
-                OrderResult(part.name, "failed", 0, error="no image of this order was uploaded")
+                OrderResult(
+                    name,
+                    "created",
+                    earlier.images,
+                    order_id=earlier.order_id,
+                    order_status=earlier.status,
+                    idempotency_key=earlier.idempotency_key,
+                    resumed=True,
+                )
             )
             return
-        api = self.up.api
-        assert api is not None
-        key = str(uuid.uuid4())
-        async with self.order_slots:
-            try:
-                answer, replayed = await api.create_order(payload, key)
-            except (AuthenticationError, PermissionDenied):
-                raise
-            except StyldodError as exc:
+        if earlier is not None and earlier.state == "sent":
+            # The outcome of the earlier request is unknown: the same key and the same body.
+            body, key, count = earlier.body, earlier.idempotency_key, earlier.images
+        else:
+            payload = order_payload(
+                part, options=self.settings.options, webhook_url=self.settings.webhook_url
+            )
+            count = len(payload["image_list"])
+            if count == 0:
                 self._order(
-                    OrderResult(part.name, "failed", count, idempotency_key=key, error=str(exc))
+                    OrderResult(name, "failed", 0, error="no image of this order was uploaded")
                 )
                 return
+            body, key = orjson.dumps(payload), str(uuid.uuid4())
+        api = self.up.api
+        assert api is not None
+        async with self.order_slots:
+            if journal is not None and (earlier is None or earlier.state == "failed"):
+                await journal.write_order_ahead(name, body, key, count)
+            try:
+                answer, replayed = await api.create_order(body, key)
+            except (AuthenticationError, PermissionDenied):
+                raise
+            except NetworkError as exc:
+                # Unknown outcome: the journal keeps it as sent, so a re-run asks again.
+                self._order(
+                    OrderResult(
+                        name,
+                        "failed",
+                        count,
+                        idempotency_key=key,
+                        error=f"outcome unknown, re-run to settle: {exc}",
+                    )
+                )
+                return
+            except StyldodError as exc:
+                if journal is not None:
+                    journal.record_order(name, state="failed", error=str(exc))
+                self._order(OrderResult(name, "failed", count, idempotency_key=key, error=str(exc)))
+                return
+        order_id, status = str(answer["orderID"]), answer.get("order_status")
+        if journal is not None:
+            journal.record_order(name, state="created", order_id=order_id, status=status)
         self._order(
             OrderResult(
-                part.name,
+                name,
                 "created",
                 count,
-                order_id=str(answer["orderID"]),
-                order_status=answer.get("order_status"),
+                order_id=order_id,
+                order_status=status,
                 idempotency_key=key,
                 replayed=replayed,
             )

@@ -49,6 +49,8 @@ class ImageResult:
     size: int = 0
     attempts: int = 0
     error: str | None = None
+    # Uploaded by an earlier run of the same job (the journal says so); nothing was sent.
+    resumed: bool = False
 
 
 OrderStatus = Literal["created", "failed", "planned"]
@@ -64,6 +66,8 @@ class OrderResult:
     idempotency_key: str | None = None
     error: str | None = None
     replayed: bool = False
+    # Created by an earlier run of the same job; nothing was sent.
+    resumed: bool = False
 
 
 @dataclass(slots=True)

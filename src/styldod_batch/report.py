@@ -38,6 +38,7 @@ class Report:
     skipped: int = 0
     failed: int = 0
     planned: int = 0
+    already_done: int = 0
     bytes_uploaded: int = 0
     orders: list[OrderResult] = field(default_factory=list)
     failures: list[dict[str, str]] = field(default_factory=list)
@@ -49,7 +50,9 @@ class Report:
 
     def add_image(self, result: ImageResult) -> None:
         self.total += 1
-        if result.status == "uploaded":
+        if result.resumed:
+            self.already_done += 1
+        elif result.status == "uploaded":
             self.uploaded += 1
             self.bytes_uploaded += result.size
         elif result.status == "skipped":
@@ -74,6 +77,7 @@ class Report:
                 "uploaded": self.uploaded,
                 "skipped": self.skipped,
                 "failed": self.failed,
+                "already_done": self.already_done,
                 **({"planned": self.planned} if self.dry_run else {}),
             },
             "orders": [
@@ -102,6 +106,11 @@ class Report:
             f"Images: {self.total} total, {count} {verb}, {self.skipped} skipped, "
             f"{self.failed} failed ({self.bytes_uploaded / 1e6:.1f} MB in {self.elapsed_s:.1f} s)"
         )
+        if self.already_done:
+            lines.append(
+                f"Already done by an earlier run: {self.already_done} images, "
+                f"{sum(o.resumed for o in self.orders)} orders"
+            )
         created = [o for o in self.orders if o.status == "created"]
         failed = [o for o in self.orders if o.status == "failed"]
         planned = [o for o in self.orders if o.status == "planned"]

@@ -6,6 +6,7 @@ import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -66,9 +67,28 @@ class Settings:
     storage_idle_timeout_s: float = 120.0
     # Pre-signed URLs are fetched at most this many files ahead of the uploads.
     presign_lookahead: int = 100
+    # The job's journal (resumable runs, exactly-once orders); None: no journal.
+    journal_path: Path | None = None
+    # Use a journal written for other settings anyway.
+    force_journal: bool = False
+    # After a stop is requested, in-flight requests get this long to finish.
+    stop_grace_s: float = 30.0
 
     def __post_init__(self) -> None:
         validate(self)
+
+    def journal_identity(self) -> dict[str, Any]:
+        """What a journal must have been written for (the key only as a fingerprint)."""
+        from styldod_batch.journal import key_fingerprint
+
+        return {
+            "base_url": self.base_url.rstrip("/"),
+            "key": key_fingerprint(self.api_key),
+            "order_by": self.order_by,
+            "order_size": self.order_size,
+            "options": dict(self.options),
+            "webhook_url": self.webhook_url,
+        }
 
     @property
     def api_origin(self) -> str:
