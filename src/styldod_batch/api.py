@@ -95,6 +95,10 @@ class OrderAPIClient:
         self.budget = budget
         self.counters = counters
         self._middlewares = (budget.middleware(), _CountingMiddleware(counters))
+        self._polling_middlewares = (
+            budget.middleware(low_priority=True),
+            _CountingMiddleware(counters),
+        )
         self._base = settings.base_url.rstrip("/")
         self._timeout = aiohttp.ClientTimeout(total=settings.api_timeout_s)
         headers = {"Accept": "application/json", "Content-Type": "application/json"}
@@ -108,7 +112,12 @@ class OrderAPIClient:
         self._headers = headers
 
     async def _once(
-        self, method: str, path: str, body: bytes | None, idempotency_key: str | None
+        self,
+        method: str,
+        path: str,
+        body: bytes | None,
+        idempotency_key: str | None,
+        low_priority: bool = False,
     ) -> tuple[Any, bool]:
         headers = self._headers
         if idempotency_key is not None:
@@ -121,7 +130,7 @@ class OrderAPIClient:
                 data=body,
                 headers=headers,
                 timeout=self._timeout,
-                middlewares=self._middlewares,
+                middlewares=self._polling_middlewares if low_priority else self._middlewares,
                 allow_redirects=False,
             ) as resp:
                 raw = await resp.read()
@@ -141,6 +150,7 @@ class OrderAPIClient:
         payload: Any | None = None,
         *,
         idempotency_key: str | None = None,
+        low_priority: bool = False,
     ) -> tuple[Any, bool]:
         """One API call with retries; a POST keeps one ``Idempotency-Key`` across them.
 
@@ -154,7 +164,7 @@ class OrderAPIClient:
             self.counters.retries += 1
 
         return await retrying(
-            lambda: self._once(method, path, body, idempotency_key),
+            lambda: self._once(method, path, body, idempotency_key, low_priority),
             self.settings.retry,
             budget=self.budget,
             on_retry=count_retry,
@@ -193,8 +203,11 @@ class OrderAPIClient:
             raise NetworkError("POST orders: the answer carries no orderID")
         return answer, replayed
 
-    async def get_order(self, order_id: str) -> dict[str, Any]:
-        answer, _ = await self.call("GET", self.contract.order_url_path(order_id))
+    async def get_order(self, order_id: str, *, low_priority: bool = False) -> dict[str, Any]:
+        """``low_priority`` (polling) yields the budget to every other waiting request."""
+        answer, _ = await self.call(
+            "GET", self.contract.order_url_path(order_id), low_priority=low_priority
+        )
         if not isinstance(answer, dict):
             raise NetworkError(f"GET order {order_id}: unexpected answer")
         return answer

@@ -35,10 +35,12 @@ class RateBudget:
         "_drip",
         "_drip_rate",
         "_grants",
+        "_idle",
         "_last_slowdown",
         "_lock",
         "_paused_until",
         "_slowed_rate",
+        "_waiting",
         "granted",
         "name",
         "nominal_rate",
@@ -71,6 +73,9 @@ class RateBudget:
         self._drip = AsyncLimiter(1, 1.0 / self.nominal_rate)
         self.granted = 0
         self.rate_limited = 0
+        self._waiting = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     @property
     def current_rate(self) -> float:
@@ -80,7 +85,24 @@ class RateBudget:
         regained = (self.nominal_rate - self._slowed_rate) * elapsed / self.recovery_s
         return min(self.nominal_rate, self._slowed_rate + regained)
 
-    async def acquire(self) -> None:
+    async def acquire(self, *, low_priority: bool = False) -> None:
+        """Wait for a grant. A low-priority caller (order polling) lets every normal
+        caller that is waiting go first, so it never crowds uploads out."""
+        if low_priority:
+            while self._waiting:
+                await self._idle.wait()
+            await self._acquire()
+            return
+        self._waiting += 1
+        self._idle.clear()
+        try:
+            await self._acquire()
+        finally:
+            self._waiting -= 1
+            if not self._waiting:
+                self._idle.set()
+
+    async def _acquire(self) -> None:
         # asyncio.Lock wakes waiters in FIFO order, so grants are first come, first served.
         async with self._lock:
             rate = self.current_rate
@@ -107,18 +129,19 @@ class RateBudget:
         self._slowed_rate = max(self.current_rate / 2, min(1.0, self.nominal_rate))
         self._last_slowdown = now
 
-    def middleware(self) -> BudgetMiddleware:
-        return BudgetMiddleware(self)
+    def middleware(self, *, low_priority: bool = False) -> BudgetMiddleware:
+        return BudgetMiddleware(self, low_priority=low_priority)
 
 
 class BudgetMiddleware:
     """aiohttp client middleware: every attempt on the wire first takes a grant."""
 
-    __slots__ = ("budget",)
+    __slots__ = ("budget", "low_priority")
 
-    def __init__(self, budget: RateBudget) -> None:
+    def __init__(self, budget: RateBudget, *, low_priority: bool = False) -> None:
         self.budget = budget
+        self.low_priority = low_priority
 
     async def __call__(self, request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
-        await self.budget.acquire()
+        await self.budget.acquire(low_priority=self.low_priority)
         return await handler(request)

@@ -13,14 +13,16 @@ from typing import Any
 import orjson
 
 from styldod_batch.contract import OPTION_TYPES, SERVICES
-from styldod_batch.engine import RunAborted, Uploader
+from styldod_batch.engine import RunAborted
 from styldod_batch.errors import AuthenticationError, ConfigurationError
 from styldod_batch.journal import Journal, iter_journals
 from styldod_batch.journal import default_path as journal_default_path
-from styldod_batch.report import Progress, Report
+from styldod_batch.report import Report
 from styldod_batch.runtime import run_async
 from styldod_batch.scan import check_inputs
 from styldod_batch.settings import Settings, from_environment
+from styldod_batch.webhooks import WebhookReceiver
+from styldod_batch.workflow import FollowOptions, download_from_journal, run_job
 
 EXIT_OK = 0
 EXIT_FAILURES = 1
@@ -318,7 +320,127 @@ def _add_upload_parser(commands: argparse._SubParsersAction[argparse.ArgumentPar
         action="store_true",
         help="use a journal written for another base URL, key or order settings",
     )
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="poll every order until it is completed or error (polls never crowd uploads "
+        "out of the rate budget)",
+    )
+    p.add_argument(
+        "--listen",
+        type=_host_port,
+        metavar="HOST:PORT",
+        help="receive the orders' webhook events here (a secret token in the path) and wait "
+        "for the final ones",
+    )
+    p.add_argument(
+        "--public-url",
+        metavar="URL",
+        help="the address the service reaches --listen at (default: http://LISTEN)",
+    )
+    p.add_argument(
+        "--download",
+        type=Path,
+        metavar="DIR",
+        help="fetch each completed image's output into DIR/<order>/<image id>",
+    )
+    p.add_argument(
+        "--wait-timeout",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="how long to wait for orders to finish (default: %(default)s)",
+    )
     p.set_defaults(func=_cmd_upload)
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def _add_download_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = commands.add_parser(
+        "download",
+        help="fetch the edited outputs of a job's finished orders",
+        description="Fetch every completed image's output_url recorded in a job's journal "
+        "into DIR/<order>/<image id>: streamed, written atomically, skipping "
+        "files already complete, retrying failures.",
+    )
+    p.add_argument("directory", type=Path, metavar="DIR")
+    p.add_argument(
+        "--journal",
+        type=Path,
+        metavar="PATH",
+        help="the job's journal (default: the one in .styldod-batch/)",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON report")
+    p.set_defaults(func=_cmd_download)
+
+
+def _cmd_download(args: argparse.Namespace) -> int:
+    path = args.journal or _single_journal()
+    report = run_async(download_from_journal(path, args.directory, Settings()))
+    return _finish(report, as_json=args.json)
+
+
+def _add_webhooks_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = commands.add_parser("webhooks", help="a long-running receiver for order events")
+    sub = p.add_subparsers(dest="webhooks_command", required=True, metavar="COMMAND")
+    serve = sub.add_parser(
+        "serve",
+        help="receive order events into a journal until Ctrl-C",
+        description="Serve the webhook receiver: events arriving at the printed URL (its path "
+        "carries a secret token) are recorded in the journal before the 200.",
+    )
+    serve.add_argument(
+        "--listen",
+        type=_host_port,
+        default=("127.0.0.1", 8765),
+        metavar="HOST:PORT",
+        help="where to listen (default: 127.0.0.1:8765)",
+    )
+    serve.add_argument(
+        "--journal",
+        type=Path,
+        required=True,
+        metavar="PATH",
+        help="the journal to record events in",
+    )
+    serve.add_argument("--token", help="the secret path token (default: a new random one)")
+    serve.set_defaults(func=_cmd_webhooks_serve)
+
+
+def _cmd_webhooks_serve(args: argparse.Namespace) -> int:
+    async def serve() -> None:
+        journal = Journal.open(args.journal, identity={}, force=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        try:
+            async with WebhookReceiver(
+                *args.listen, token=args.token, on_event=journal.record_event
+            ) as receiver:
+                print(f"Webhook URL: {receiver.url}", flush=True)
+                await stop.wait()
+        finally:
+            await asyncio.to_thread(journal.close)
+
+    run_async(serve())
+    return EXIT_OK
+
+
+def _single_journal() -> Path:
+    found = list(iter_journals())
+    if not found:
+        raise ConfigurationError("no journal in .styldod-batch/: pass --journal PATH")
+    if len(found) > 1:
+        names = ", ".join(str(p) for p in found)
+        raise ConfigurationError(f"several journals ({names}): pass --journal PATH")
+    return found[0]
 
 
 def _add_connection_args(p: argparse.ArgumentParser) -> None:
@@ -371,54 +493,15 @@ def _cmd_upload(args: argparse.Namespace) -> int:
             journal_path=args.journal or journal_default_path(args.paths), force_journal=args.force
         )
     show_progress = not args.no_progress and not args.json and sys.stderr.isatty()
-    report = run_async(upload_with_progress(settings, args.paths, show_progress))
+    follow = FollowOptions(
+        wait=args.wait,
+        listen=args.listen,
+        public_url=args.public_url,
+        download_dir=args.download,
+        timeout_s=args.wait_timeout,
+    )
+    report = run_async(run_job(settings, args.paths, follow, show_progress=show_progress))
     return _finish(report, as_json=args.json)
-
-
-async def upload_with_progress(
-    settings: Settings, paths: Sequence[str], show_progress: bool
-) -> Report | RunAborted:
-    """Run the job; SIGINT/SIGTERM stop it gracefully, a second SIGINT at once."""
-    progress = Progress() if show_progress else None
-    loop = asyncio.get_running_loop()
-    main = asyncio.current_task()
-    assert main is not None
-    async with Uploader(
-        settings,
-        on_image=progress.image if progress else None,
-        on_order=progress.order if progress else None,
-    ) as uploader:
-
-        def on_signal(signum: int) -> None:
-            if uploader.stopping.is_set():
-                main.cancel()  # the second signal: stop now
-                return
-            print(
-                f"\nstyldod-batch: {signal.Signals(signum).name}: finishing what is in "
-                f"flight (up to {settings.stop_grace_s:.0f} s); again to stop at once",
-                file=sys.stderr,
-                flush=True,
-            )
-            uploader.request_stop()
-            loop.call_later(settings.stop_grace_s, main.cancel)
-
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, on_signal, signum)
-        try:
-            result: Report | RunAborted = await uploader.run(paths)
-        except RunAborted as aborted:
-            result = aborted
-        except asyncio.CancelledError:
-            report = uploader.current_report
-            assert report is not None
-            report.interrupted = True
-            result = report
-        finally:
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(signum)
-    if progress is not None:
-        progress.close()
-    return result
 
 
 def _finish(result: Report | RunAborted, *, as_json: bool) -> int:
@@ -493,15 +576,7 @@ def _add_status_parser(commands: argparse._SubParsersAction[argparse.ArgumentPar
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    path = args.journal
-    if path is None:
-        found = list(iter_journals())
-        if not found:
-            raise ConfigurationError("no journal in .styldod-batch/: pass --journal PATH")
-        if len(found) > 1:
-            names = ", ".join(str(p) for p in found)
-            raise ConfigurationError(f"several journals ({names}): pass --journal PATH")
-        path = found[0]
+    path = args.journal or _single_journal()
     if not path.exists():
         raise ConfigurationError(f"{path}: no such journal")
     journal = Journal.open(path, identity={}, read_only=True)
@@ -548,6 +623,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_upload_parser(commands)
     _add_status_parser(commands)
+    _add_download_parser(commands)
+    _add_webhooks_parser(commands)
     _add_demo_parser(commands)
     _add_sandbox_parser(commands)
     return parser

@@ -98,6 +98,11 @@ class Uploader:
         self._current: _Run | None = None
 
     @property
+    def session(self) -> aiohttp.ClientSession | None:
+        """The run's one HTTP session (None in a dry run, or outside ``async with``)."""
+        return self._session
+
+    @property
     def current_report(self) -> Report | None:
         """The report of the run in progress (or the last one), as it stands."""
         return self._current.report if self._current is not None else self.last_report

@@ -54,7 +54,17 @@ CREATE TABLE IF NOT EXISTS orders (
     status TEXT,
     images INTEGER NOT NULL,
     error TEXT,
+    -- The latest image list the service reported (statuses, output URLs), as JSON.
+    result BLOB,
     updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outputs (
+    order_id TEXT NOT NULL,
+    client_image_id TEXT NOT NULL,
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    md5 TEXT NOT NULL,
+    PRIMARY KEY (order_id, client_image_id)
 );
 CREATE TABLE IF NOT EXISTS events (
     order_id TEXT NOT NULL,
@@ -95,6 +105,16 @@ class InputRow:
     state: str
 
 
+# How far along a status is; a report of a lower one never overwrites a higher one.
+STATUS_RANK = {
+    "pre_processing": 1,
+    "expert_assigned": 2,
+    "post_processing": 3,
+    "completed": 4,
+    "error": 4,
+}
+
+
 @dataclass(frozen=True, slots=True)
 class OrderRow:
     order_key: str
@@ -105,6 +125,15 @@ class OrderRow:
     status: str | None
     images: int
     error: str | None
+    result: bytes | None = None
+
+    @property
+    def image_list(self) -> list[dict[str, Any]]:
+        return list(orjson.loads(self.result)) if self.result else []
+
+    @property
+    def final(self) -> bool:
+        return STATUS_RANK.get(self.status or "", 0) >= STATUS_RANK["completed"]
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -199,18 +228,33 @@ class Journal:
 
     def order(self, order_key: str) -> OrderRow | None:
         row = self._reader.execute(
-            "SELECT order_key, body, idempotency_key, state, order_id, status, images, error "
-            "FROM orders WHERE order_key = ?",
+            "SELECT order_key, body, idempotency_key, state, order_id, status, images, error,"
+            " result FROM orders WHERE order_key = ?",
             (order_key,),
         ).fetchone()
         return OrderRow(*row) if row else None
 
     def orders(self) -> list[OrderRow]:
         rows = self._reader.execute(
-            "SELECT order_key, body, idempotency_key, state, order_id, status, images, error "
-            "FROM orders ORDER BY order_key"
+            "SELECT order_key, body, idempotency_key, state, order_id, status, images, error,"
+            " result FROM orders ORDER BY order_key"
         ).fetchall()
         return [OrderRow(*row) for row in rows]
+
+    def order_by_id(self, order_id: str) -> OrderRow | None:
+        row = self._reader.execute(
+            "SELECT order_key, body, idempotency_key, state, order_id, status, images, error,"
+            " result FROM orders WHERE order_id = ?",
+            (order_id,),
+        ).fetchone()
+        return OrderRow(*row) if row else None
+
+    def output(self, order_id: str, client_image_id: str) -> tuple[str, int, str] | None:
+        row = self._reader.execute(
+            "SELECT path, size, md5 FROM outputs WHERE order_id = ? AND client_image_id = ?",
+            (order_id, client_image_id),
+        ).fetchone()
+        return (row[0], row[1], row[2]) if row else None
 
     def counts(self) -> dict[str, int]:
         return dict(
@@ -306,9 +350,19 @@ class Journal:
                 orjson.dumps(payload),
                 time.time(),
                 data.get("order_status"),
+                orjson.dumps(data.get("image_list", [])),
             ),
         )
         return result
+
+    def record_progress(self, order_id: str, status: str, image_list: list[dict[str, Any]]) -> None:
+        """What a poll saw; like an event, it never moves an order's status backwards."""
+        self._put("progress", (order_id, status, orjson.dumps(image_list)))
+
+    def record_output(
+        self, order_id: str, client_image_id: str, path: str, size: int, md5: str
+    ) -> None:
+        self._put("output", (order_id, client_image_id, path, size, md5))
 
     async def flush(self) -> None:
         await self._sync("flush", ())
@@ -418,15 +472,34 @@ def _write_order(connection: sqlite3.Connection, args: tuple[Any, ...]) -> None:
 
 
 def _write_event(connection: sqlite3.Connection, args: tuple[Any, ...]) -> bool:
-    order_id, event, updated_at, payload, received_at, status = args
+    order_id, event, updated_at, payload, received_at, status, image_list = args
     cursor = connection.execute(
         "INSERT OR IGNORE INTO events (order_id, event, updated_at, payload, received_at)"
         " VALUES (?,?,?,?,?)",
         (order_id, event, updated_at, payload, received_at),
     )
     if cursor.rowcount and status:
-        connection.execute("UPDATE orders SET status=? WHERE order_id=?", (status, order_id))
+        _write_progress(connection, (order_id, status, image_list))
     return bool(cursor.rowcount)
+
+
+def _write_progress(connection: sqlite3.Connection, args: tuple[Any, ...]) -> None:
+    order_id, status, image_list = args
+    row = connection.execute("SELECT status FROM orders WHERE order_id = ?", (order_id,)).fetchone()
+    if row is not None and STATUS_RANK.get(row[0] or "", 0) > STATUS_RANK.get(status, 0):
+        return  # an older event arriving late
+    connection.execute(
+        "UPDATE orders SET status = ?, result = ?, updated_at = ? WHERE order_id = ?",
+        (status, image_list, time.time(), order_id),
+    )
+
+
+def _write_output(connection: sqlite3.Connection, args: tuple[Any, ...]) -> None:
+    connection.execute(
+        "INSERT OR REPLACE INTO outputs (order_id, client_image_id, path, size, md5)"
+        " VALUES (?,?,?,?,?)",
+        args,
+    )
 
 
 def _write_nothing(_connection: sqlite3.Connection, _args: tuple[Any, ...]) -> None:
@@ -434,6 +507,8 @@ def _write_nothing(_connection: sqlite3.Connection, _args: tuple[Any, ...]) -> N
 
 
 _WRITES = {
+    "progress": _write_progress,
+    "output": _write_output,
     "input": _write_input,
     "order_ahead": _write_order_ahead,
     "order": _write_order,

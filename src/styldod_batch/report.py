@@ -39,6 +39,9 @@ class Report:
     failed: int = 0
     planned: int = 0
     already_done: int = 0
+    # Images the service marked as errors, or orders that never finished while we waited.
+    processing_failed: int = 0
+    outputs: dict[str, int] = field(default_factory=dict)
     bytes_uploaded: int = 0
     orders: list[OrderResult] = field(default_factory=list)
     failures: list[dict[str, str]] = field(default_factory=list)
@@ -66,9 +69,19 @@ class Report:
     def add_order(self, result: OrderResult) -> None:
         self.orders.append(result)
 
+    def add_output(self, status: str, path: str, error: str | None) -> None:
+        self.outputs[status] = self.outputs.get(status, 0) + 1
+        if status == "failed":
+            self.failures.append({"path": path, "error": f"download failed: {error}"})
+
     @property
     def ok(self) -> bool:
-        return self.failed == 0 and all(o.status != "failed" for o in self.orders)
+        return (
+            self.failed == 0
+            and self.processing_failed == 0
+            and not self.outputs.get("failed")
+            and all(o.status != "failed" for o in self.orders)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -92,6 +105,8 @@ class Report:
             ],
             "failures": self.failures,
             "requests": self.requests.as_dict(),
+            **({"outputs": self.outputs} if self.outputs else {}),
+            "processing_failed": self.processing_failed,
             "bytes_uploaded": self.bytes_uploaded,
             "elapsed_s": round(self.elapsed_s, 3),
             "peak_rss_mb": self.peak_rss_mb,
@@ -110,6 +125,10 @@ class Report:
             lines.append(
                 f"Already done by an earlier run: {self.already_done} images, "
                 f"{sum(o.resumed for o in self.orders)} orders"
+            )
+        if self.outputs:
+            lines.append(
+                "Outputs: " + ", ".join(f"{n} {state}" for state, n in sorted(self.outputs.items()))
             )
         created = [o for o in self.orders if o.status == "created"]
         failed = [o for o in self.orders if o.status == "failed"]

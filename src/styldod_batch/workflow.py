@@ -1,0 +1,221 @@
+"""The whole job as the runner drives it: upload and place orders, then (optionally) follow
+the orders to their end by webhooks or polling, and download the edited outputs."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from styldod_batch.download import OutputDownloader
+from styldod_batch.engine import RunAborted, Uploader
+from styldod_batch.follow import OrderFollower
+from styldod_batch.journal import Journal
+from styldod_batch.models import OrderResult
+from styldod_batch.report import Progress, Report
+from styldod_batch.settings import Settings
+from styldod_batch.webhooks import WebhookReceiver
+
+
+@dataclass(frozen=True, slots=True)
+class FollowOptions:
+    # Poll GET /v2/orders/{id} until every order is completed or error.
+    wait: bool = False
+    # Receive webhook events on this address (and wait for the final ones).
+    listen: tuple[str, int] | None = None
+    # How the service reaches the receiver (default: http://LISTEN).
+    public_url: str | None = None
+    download_dir: Path | None = None
+    timeout_s: float = 3600.0
+    poll_interval_s: float = 2.0
+
+    @property
+    def follows(self) -> bool:
+        return self.wait or self.listen is not None or self.download_dir is not None
+
+
+def webhook_token(settings: Settings) -> str:
+    """Stable across re-runs of one job (so orders placed earlier still reach us), and not
+    guessable without the API key."""
+    secret = (settings.api_key or "").encode()
+    job = str(settings.journal_path or "no-journal").encode()
+    return hmac.new(secret, b"webhook|" + job, hashlib.sha256).hexdigest()[:32]
+
+
+async def run_job(
+    settings: Settings, paths: Sequence[str], follow: FollowOptions, *, show_progress: bool
+) -> Report | RunAborted:
+    """Run the job; SIGINT/SIGTERM stop it gracefully, a second one at once."""
+    if follow.listen is None:
+        return await _run_job(settings, paths, follow, None, show_progress=show_progress)
+    host, port = follow.listen
+    async with WebhookReceiver(host, port, token=webhook_token(settings)) as receiver:
+        base = (follow.public_url or f"http://{host}:{receiver.port}").rstrip("/")
+        settings = settings.with_changes(webhook_url=base + receiver.path)
+        return await _run_job(settings, paths, follow, receiver, show_progress=show_progress)
+
+
+async def _run_job(
+    settings: Settings,
+    paths: Sequence[str],
+    follow: FollowOptions,
+    receiver: WebhookReceiver | None,
+    *,
+    show_progress: bool,
+) -> Report | RunAborted:
+    progress = Progress() if show_progress else None
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    assert main is not None
+    async with Uploader(
+        settings,
+        on_image=progress.image if progress else None,
+        on_order=progress.order if progress else None,
+    ) as uploader:
+
+        def on_signal(signum: int) -> None:
+            if uploader.stopping.is_set():
+                main.cancel()  # the second signal: stop now
+                return
+            print(
+                f"\nstyldod-batch: {signal.Signals(signum).name}: finishing what is in "
+                f"flight (up to {settings.stop_grace_s:.0f} s); again to stop at once",
+                file=sys.stderr,
+                flush=True,
+            )
+            uploader.request_stop()
+            loop.call_later(settings.stop_grace_s, main.cancel)
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, on_signal, signum)
+        try:
+            # Without a receiver, following an order means polling it.
+            follower = OrderFollower(
+                uploader.api,
+                uploader.journal,
+                poll=follow.wait or receiver is None,
+                poll_interval_s=follow.poll_interval_s,
+            )
+            if receiver is not None:
+                receiver.on_event = follower.on_event
+            result: Report | RunAborted = await _upload_and_follow(
+                uploader, paths, follow, follower
+            )
+        except asyncio.CancelledError:
+            report = uploader.current_report
+            assert report is not None
+            report.interrupted = True
+            result = report
+        finally:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(signum)
+    if progress is not None:
+        progress.close()
+    return result
+
+
+async def _upload_and_follow(
+    uploader: Uploader, paths: Sequence[str], follow: FollowOptions, follower: OrderFollower
+) -> Report | RunAborted:
+    try:
+        report = await uploader.run(paths)
+    except RunAborted as aborted:
+        return aborted
+    if not follow.follows or report.interrupted:
+        return report
+    for order in report.orders:
+        if order.order_id:
+            row = uploader.journal.order(order.key) if uploader.journal else None
+            follower.watch(
+                order.key,
+                order.order_id,
+                row.status if row else None,
+                row.image_list if row else None,
+            )
+    finished = await follower.wait(follow.timeout_s)
+    apply_outcomes(report, follower, finished=finished)
+    if follow.download_dir is not None and uploader.session is not None:
+        await download_outputs(report, uploader, follower, follow.download_dir)
+    return report
+
+
+def apply_outcomes(report: Report, follower: OrderFollower, *, finished: bool) -> None:
+    """Each order's final status into the report; an image the service failed is a failure."""
+    by_id = {o.order_id: o for o in report.orders if o.order_id}
+    for followed in follower.orders.values():
+        result: OrderResult | None = by_id.get(followed.order_id)
+        if result is None:
+            continue
+        result.order_status = followed.status or result.order_status
+        for client_image_id in followed.image_errors:
+            report.processing_failed += 1
+            report.failures.append(
+                {
+                    "path": client_image_id,
+                    "error": f"order {followed.key} ({followed.order_id}): "
+                    "the service marked this image as an error",
+                }
+            )
+    if not finished:
+        waiting = [o.key for o in follower.orders.values() if not o.final]
+        report.failures.append(
+            {
+                "path": ", ".join(waiting[:10]),
+                "error": "timed out waiting for these orders to finish",
+            }
+        )
+        report.processing_failed += len(waiting)
+
+
+async def download_outputs(
+    report: Report, uploader: Uploader, follower: OrderFollower, directory: Path
+) -> None:
+    assert uploader.session is not None
+    downloader = OutputDownloader(
+        uploader.session,
+        directory,
+        budget=uploader.storage_budget,
+        journal=uploader.journal,
+        retry=uploader.settings.retry,
+        concurrency=uploader.settings.concurrency,
+    )
+    for followed in follower.orders.values():
+        if not followed.final:
+            continue
+        for outcome in await downloader.fetch_order(
+            followed.key, followed.order_id, followed.image_list
+        ):
+            report.add_output(outcome.status, outcome.path, outcome.error)
+    report.requests.retries += downloader.retries
+
+
+async def download_from_journal(journal_path: Path, directory: Path, settings: Settings) -> Report:
+    """The ``download`` command: the outputs of every finished order the journal knows."""
+    journal = Journal.open(journal_path, identity={}, read_only=True)
+    report = Report()
+    try:
+        async with aiohttp.ClientSession() as session:
+            downloader = OutputDownloader(
+                session,
+                directory,
+                budget=None,
+                journal=None,
+                retry=settings.retry,
+                concurrency=settings.concurrency,
+            )
+            for row in journal.orders():
+                if row.order_id and row.final:
+                    for outcome in await downloader.fetch_order(
+                        row.order_key, row.order_id, row.image_list
+                    ):
+                        report.add_output(outcome.status, outcome.path, outcome.error)
+    finally:
+        journal.close()
+    return report
