@@ -558,6 +558,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+def _image_outcome(journal: Journal, order_id: str, image: dict[str, Any]) -> dict[str, Any]:
+    outcome = {
+        "client_image_id": image.get("client_image_id"),
+        "image_status": image.get("image_status"),
+        "output_url": image.get("output_url"),
+    }
+    done = journal.output(order_id, str(image.get("client_image_id")))
+    if done is not None:
+        outcome["downloaded_to"] = done[0]
+    return outcome
+
+
 def _add_status_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = commands.add_parser(
         "status",
@@ -582,7 +594,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     journal = Journal.open(path, identity={}, read_only=True)
     try:
         counts = journal.counts()
-        orders = [
+        orders: list[dict[str, Any]] = [
             {
                 "key": o.order_key,
                 "orderID": o.order_id,
@@ -591,6 +603,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
                 "status": o.status,
                 "error": o.error,
                 "events": journal.events(o.order_id) if o.order_id else [],
+                "outputs": [_image_outcome(journal, o.order_id, image) for image in o.image_list]
+                if o.order_id
+                else [],
             }
             for o in journal.orders()
         ]
@@ -607,6 +622,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
     for o in orders:
         detail = o["orderID"] or o["error"] or ""
         print(f"  {o['key']:<40} {o['images']:>4} images  {o['status'] or o['state']:<16} {detail}")
+        for image in o["outputs"]:
+            where = image.get("downloaded_to") or image.get("output_url") or ""
+            print(f"      {image['client_image_id']:<44} {image['image_status']:<10} {where}")
     if failures:
         print("Failures:")
         for f in failures:
