@@ -13,10 +13,12 @@ from typing import Any
 import orjson
 
 from styldod_batch.contract import OPTION_TYPES, SERVICES
-from styldod_batch.engine import RunAborted
+from styldod_batch.engine import ManifestSource, RunAborted, Uploader
 from styldod_batch.errors import AuthenticationError, ConfigurationError
+from styldod_batch.jobfile import load_job_file, merge_settings
 from styldod_batch.journal import Journal, iter_journals
 from styldod_batch.journal import default_path as journal_default_path
+from styldod_batch.manifest import validate_manifest
 from styldod_batch.report import Report
 from styldod_batch.runtime import run_async
 from styldod_batch.scan import check_inputs
@@ -254,7 +256,33 @@ def _add_upload_parser(commands: argparse._SubParsersAction[argparse.ArgumentPar
             "orders failed, 2 usage or configuration error, 3 authentication failure."
         ),
     )
-    p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="image files or folders")
+    p.add_argument(
+        "--manifest",
+        type=Path,
+        metavar="FILE",
+        help="a CSV or JSON Lines manifest, one image a row (path, client_image_id, order, "
+        "sequence, options), instead of PATHs; validated whole before anything is sent",
+    )
+    p.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        help="upload the valid rows of a manifest with problems (they are reported, and fail)",
+    )
+    p.add_argument(
+        "--job",
+        type=Path,
+        metavar="FILE",
+        help="a TOML job file of house defaults (options, webhook URL, grouping, rate budget); "
+        "flags override it",
+    )
+    p.add_argument(
+        "--global-config",
+        type=Path,
+        metavar="FILE",
+        help="the key's server-side defaults (JSON options, or the sandbox's global config), "
+        "so that --dry-run shows each image's effective options",
+    )
     _add_connection_args(p)
     p.add_argument(
         "--rps",
@@ -467,7 +495,7 @@ def _add_connection_args(p: argparse.ArgumentParser) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     options = dict(args.option) if getattr(args, "option", None) else None
-    return from_environment(
+    flags = dict(
         base_url=args.base_url,
         api_key=args.api_key,
         api_secret=args.api_secret,
@@ -481,16 +509,39 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         webhook_url=getattr(args, "webhook_url", None),
         dry_run=getattr(args, "dry_run", False) or None,
     )
+    job = getattr(args, "job", None)
+    return from_environment(**(merge_settings(load_job_file(job), flags) if job else flags))
 
 
 def _cmd_upload(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     if not settings.dry_run and not settings.api_key:
         raise ConfigurationError("no API key: set STYLDOD_API_KEY or pass --api-key")
-    check_inputs(args.paths)
-    if not settings.dry_run and not args.no_journal:
+    source: Sequence[str] | ManifestSource
+    if args.manifest is not None:
+        if args.paths:
+            raise ConfigurationError("give PATHs or --manifest, not both")
+        if not args.manifest.is_file():
+            raise ConfigurationError(f"{args.manifest}: no such manifest")
+        problems = validate_manifest(args.manifest, max_images_per_order=settings.order_size)
+        if problems:
+            for problem in problems:
+                print(f"styldod-batch: {problem}", file=sys.stderr)
+            if not args.skip_invalid:
+                raise ConfigurationError(
+                    f"{args.manifest}: {len(problems)} problem(s); nothing was sent "
+                    "(fix them, or pass --skip-invalid to upload the valid rows)"
+                )
+        source = ManifestSource(args.manifest)
+        inputs = [str(args.manifest)]
+    else:
+        check_inputs(args.paths)
+        source = inputs = args.paths
+    if settings.dry_run:
+        return _dry_run(settings, source, args)
+    if not args.no_journal:
         settings = settings.with_changes(
-            journal_path=args.journal or journal_default_path(args.paths), force_journal=args.force
+            journal_path=args.journal or journal_default_path(inputs), force_journal=args.force
         )
     show_progress = not args.no_progress and not args.json and sys.stderr.isatty()
     follow = FollowOptions(
@@ -500,8 +551,62 @@ def _cmd_upload(args: argparse.Namespace) -> int:
         download_dir=args.download,
         timeout_s=args.wait_timeout,
     )
-    report = run_async(run_job(settings, args.paths, follow, show_progress=show_progress))
+    report = run_async(run_job(settings, source, follow, show_progress=show_progress))
     return _finish(report, as_json=args.json)
+
+
+def load_global_options(path: Path | None, api_key: str | None) -> dict[str, Any]:
+    """Options from a global-config file: ``{"options": {...}}``, the sandbox's
+    ``{"keys": {KEY: {"options": {...}}}}``, or a plain object of options."""
+    if path is None:
+        return {}
+    try:
+        raw = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise ConfigurationError(f"{path}: cannot read the global config: {exc}") from exc
+    if isinstance(raw, dict) and isinstance(raw.get("keys"), dict):
+        keys = raw["keys"]
+        entry = keys.get(api_key) if api_key in keys else next(iter(keys.values()), {})
+        raw = entry if isinstance(entry, dict) else {}
+    if isinstance(raw, dict) and isinstance(raw.get("options"), dict):
+        raw = raw["options"]
+    if not isinstance(raw, dict):
+        raise ConfigurationError(f"{path}: expected a JSON object of options")
+    return raw
+
+
+def _dry_run(
+    settings: Settings, source: Sequence[str] | ManifestSource, args: argparse.Namespace
+) -> int:
+    """Print the plan (orders, images, effective options) as it forms; send nothing."""
+    global_options = load_global_options(args.global_config, settings.api_key)
+    out = sys.stdout
+    first = True
+
+    def on_plan(order: dict[str, Any]) -> None:
+        nonlocal first
+        if args.json:
+            out.write(("" if first else ",\n") + orjson.dumps(order).decode())
+        else:
+            out.write(f"order {order['order']}: {len(order['images'])} images\n")
+            for image in order["images"]:
+                options = orjson.dumps(image["options"], option=orjson.OPT_SORT_KEYS).decode()
+                out.write(f"  {image['sequence']:>3}  {image['client_image_id']:<48} {options}\n")
+        first = False
+
+    async def plan() -> Report:
+        async with Uploader(settings, on_plan=on_plan, global_options=global_options) as up:
+            return await up.run(source)
+
+    if args.json:
+        out.write('{"plan": [\n')
+    report = run_async(plan())
+    if args.json:
+        rest = orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode()
+        out.write("\n],\n" + rest[1:].lstrip() + "\n")
+        return EXIT_OK if report.ok else EXIT_FAILURES
+    print(report.summary())
+    return EXIT_OK if report.ok else EXIT_FAILURES
 
 
 def _finish(result: Report | RunAborted, *, as_json: bool) -> int:

@@ -15,7 +15,9 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -36,8 +38,9 @@ from styldod_batch.errors import (
     UploadURLExpired,
 )
 from styldod_batch.journal import Journal
+from styldod_batch.manifest import manifest_items
 from styldod_batch.models import ImageItem, ImageResult, OrderResult, UploadTarget
-from styldod_batch.orders import Grouper, OrderPart, order_payload
+from styldod_batch.orders import Grouper, OrderPart, effective_options, order_payload
 from styldod_batch.report import Report, peak_rss_mb
 from styldod_batch.retry import retrying
 from styldod_batch.scan import GroupEnd, ScanEvent, Skipped, check_inputs, scan
@@ -45,7 +48,18 @@ from styldod_batch.settings import Settings
 
 ImageCallback = Callable[[ImageResult], None]
 OrderCallback = Callable[[OrderResult], None]
-Source = Sequence[str | os.PathLike[str]] | AsyncIterable[ImageItem]
+# A dry run's plan, one order at a time: {"order", "images": [{..., "options"}]}.
+PlanCallback = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestSource:
+    """Run on a manifest (CSV or JSON Lines) instead of folders."""
+
+    path: Path
+
+
+Source = Sequence[str | os.PathLike[str]] | AsyncIterable[ImageItem] | ManifestSource
 
 _DONE = object()
 _EMPTY = object()
@@ -75,10 +89,15 @@ class Uploader:
         *,
         on_image: ImageCallback | None = None,
         on_order: OrderCallback | None = None,
+        on_plan: PlanCallback | None = None,
+        global_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.settings = settings
         self.on_image = on_image
         self.on_order = on_order
+        self.on_plan = on_plan
+        # The key's server-side defaults, as far as the caller knows them (dry-run plans).
+        self.global_options = dict(global_options or {})
         self.counters = RequestCounters()
         self.api_budget = RateBudget(settings.rps, margin_s=settings.window_margin_s, name="api")
         if settings.upload_rps is None:
@@ -152,7 +171,7 @@ class Uploader:
 
         Raises ``RunAborted`` (carrying the report so far) when the API refuses the key.
         """
-        if not isinstance(source, AsyncIterable):
+        if not isinstance(source, AsyncIterable | ManifestSource):
             check_inputs(source)
         run = self._current = _Run(self)
         report = await run.execute(source)
@@ -239,7 +258,7 @@ class _Run:
 
     async def _feed(self, source: Source) -> None:
         stopping = self.up.stopping
-        async for event in _events(source):
+        async for event in _events(source, self.settings.order_size):
             if stopping.is_set():
                 break
             if isinstance(event, ImageItem):
@@ -471,6 +490,8 @@ class _Run:
         assert part.name is not None
         name = part.name
         if self.settings.dry_run:
+            if self.up.on_plan is not None:
+                self.up.on_plan(self._plan(part))
             self._order(OrderResult(name, "planned", len(part.items)))
             return
         journal = self.journal
@@ -543,16 +564,38 @@ class _Run:
             )
         )
 
+    def _plan(self, part: OrderPart) -> dict[str, Any]:
+        apply_to_all = self.settings.options
+        return {
+            "order": part.name,
+            "images": [
+                {
+                    "client_image_id": item.client_image_id,
+                    "path": item.path,
+                    "sequence": item.sequence,
+                    "options": effective_options(
+                        self.up.global_options, apply_to_all, item.options
+                    ),
+                }
+                for item in sorted(part.items, key=lambda i: i.sequence)
+            ],
+        }
+
     def _order(self, result: OrderResult) -> None:
         self.report.add_order(result)
         if self.up.on_order is not None:
             self.up.on_order(result)
 
 
-async def _events(source: Source) -> AsyncIterator[ScanEvent]:
+async def _events(source: Source, max_images: int) -> AsyncIterator[ScanEvent]:
     if isinstance(source, AsyncIterable):
         async for item in source:
             yield item
+        return
+    if isinstance(source, ManifestSource):
+        path = source.path
+        async for event in _threaded(lambda: manifest_items(path, max_images_per_order=max_images)):
+            yield event
         return
     async for event in _threaded(lambda: scan(source)):
         yield event

@@ -8,14 +8,13 @@ import hashlib
 import hmac
 import signal
 import sys
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 
 from styldod_batch.download import OutputDownloader
-from styldod_batch.engine import RunAborted, Uploader
+from styldod_batch.engine import RunAborted, Source, Uploader
 from styldod_batch.follow import OrderFollower
 from styldod_batch.journal import Journal
 from styldod_batch.models import OrderResult
@@ -50,7 +49,7 @@ def webhook_token(settings: Settings) -> str:
 
 
 async def run_job(
-    settings: Settings, paths: Sequence[str], follow: FollowOptions, *, show_progress: bool
+    settings: Settings, paths: Source, follow: FollowOptions, *, show_progress: bool
 ) -> Report | RunAborted:
     """Run the job; SIGINT/SIGTERM stop it gracefully, a second one at once."""
     if follow.listen is None:
@@ -64,7 +63,7 @@ async def run_job(
 
 async def _run_job(
     settings: Settings,
-    paths: Sequence[str],
+    paths: Source,
     follow: FollowOptions,
     receiver: WebhookReceiver | None,
     *,
@@ -122,7 +121,7 @@ async def _run_job(
 
 
 async def _upload_and_follow(
-    uploader: Uploader, paths: Sequence[str], follow: FollowOptions, follower: OrderFollower
+    uploader: Uploader, paths: Source, follow: FollowOptions, follower: OrderFollower
 ) -> Report | RunAborted:
     try:
         report = await uploader.run(paths)
