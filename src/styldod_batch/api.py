@@ -7,7 +7,7 @@ import email.utils
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import orjson
@@ -94,10 +94,10 @@ class OrderAPIClient:
         self.contract = settings.contract
         self.budget = budget
         self.counters = counters
-        self._middlewares = (budget.middleware(), _CountingMiddleware(counters))
+        self._middlewares = (budget.middleware(), CountingMiddleware(counters, "api"))
         self._polling_middlewares = (
             budget.middleware(low_priority=True),
-            _CountingMiddleware(counters),
+            CountingMiddleware(counters, "api"),
         )
         self._base = settings.base_url.rstrip("/")
         self._timeout = aiohttp.ClientTimeout(total=settings.api_timeout_s)
@@ -213,18 +213,22 @@ class OrderAPIClient:
         return answer
 
 
-class _CountingMiddleware:
-    """Counts API attempts on the wire (it runs after the budget's grant)."""
+class CountingMiddleware:
+    """Counts attempts on the wire, API or storage (it runs after the budget's grant)."""
 
-    __slots__ = ("counters",)
+    __slots__ = ("counters", "kind")
 
-    def __init__(self, counters: RequestCounters) -> None:
+    def __init__(self, counters: RequestCounters, kind: Literal["api", "storage"]) -> None:
         self.counters = counters
+        self.kind = kind
 
     async def __call__(
         self, request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
     ) -> aiohttp.ClientResponse:
-        self.counters.api += 1
+        if self.kind == "api":
+            self.counters.api += 1
+        else:
+            self.counters.storage += 1
         response = await handler(request)
         if response.status == 429:
             self.counters.rate_limited += 1

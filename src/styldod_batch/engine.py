@@ -426,23 +426,15 @@ class _Run:
             )
         except (AuthenticationError, PermissionDenied):
             raise
-        except InputError as exc:
-            return ImageResult(
-                item.path,
-                "failed",
-                item.client_image_id,
-                group=part.group,
-                attempts=attempts,
-                error=exc.reason,
-            )
         except StyldodError as exc:
+            reason = exc.reason if isinstance(exc, InputError) else str(exc)
             return ImageResult(
                 item.path,
                 "failed",
                 item.client_image_id,
                 group=part.group,
                 attempts=attempts,
-                error=str(exc),
+                error=reason,
             )
         return ImageResult(
             item.path,

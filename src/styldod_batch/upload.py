@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 import aiofiles
 import aiohttp
 
-from styldod_batch.api import RequestCounters, api_error
+from styldod_batch.api import CountingMiddleware, RequestCounters, api_error
 from styldod_batch.budget import RateBudget
 from styldod_batch.errors import (
     InputError,
@@ -61,7 +61,7 @@ class FileUploader:
         middlewares: list[object] = []
         if budget is not None:
             middlewares.append(budget.middleware())
-        middlewares.append(_StorageCounter(counters))
+        middlewares.append(CountingMiddleware(counters, "storage"))
         self._middlewares = tuple(middlewares)
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=30, sock_read=settings.storage_idle_timeout_s
@@ -158,19 +158,3 @@ def _xml_field(body: bytes, name: str) -> str | None:
     if start < 0 or end < 0:
         return None
     return body[start + len(name) + 2 : end].decode(errors="replace")
-
-
-class _StorageCounter:
-    __slots__ = ("counters",)
-
-    def __init__(self, counters: RequestCounters) -> None:
-        self.counters = counters
-
-    async def __call__(
-        self, request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
-    ) -> aiohttp.ClientResponse:
-        self.counters.storage += 1
-        response = await handler(request)
-        if response.status == 429:
-            self.counters.rate_limited += 1
-        return response
