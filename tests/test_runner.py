@@ -101,7 +101,7 @@ async def test_runner_exit_statuses_and_messages(
         env={**env, "STYLDOD_API_KEY": SECRET_KEY},
     )
     assert bad_option.returncode == 2
-    assert "basic_editing must be a bool" in bad_option.stderr
+    assert "option basic_editing must be a boolean" in bad_option.stderr
 
     plain_http = await cli(
         "upload",

@@ -12,13 +12,13 @@ from typing import Any
 
 import orjson
 
-from styldod_batch.contract import OPTION_TYPES, SERVICES
+from styldod_batch.contract import OPTION_TYPES
 from styldod_batch.engine import ManifestSource, RunAborted, Uploader
 from styldod_batch.errors import AuthenticationError, ConfigurationError
 from styldod_batch.jobfile import load_job_file, merge_settings
 from styldod_batch.journal import Journal, iter_journals
 from styldod_batch.journal import default_path as journal_default_path
-from styldod_batch.manifest import validate_manifest
+from styldod_batch.manifest import option_problem, validate_manifest
 from styldod_batch.report import Report
 from styldod_batch.runtime import run_async
 from styldod_batch.scan import check_inputs
@@ -216,22 +216,16 @@ def _option(text: str) -> tuple[str, Any]:
     name, sep, raw = text.partition("=")
     if not sep or not name.strip():
         raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
-    try:
-        value: Any = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        value = raw
     name = name.strip()
-    expected = OPTION_TYPES.get(name)
-    if expected is not None and (
-        not isinstance(value, expected) or (expected is not bool and isinstance(value, bool))
-    ):
-        raise argparse.ArgumentTypeError(
-            f"option {name} must be a {expected.__name__}, not {raw!r}"
-        )
-    if name == "service" and value not in SERVICES:
-        raise argparse.ArgumentTypeError(
-            f"option service must be one of {', '.join(sorted(SERVICES))}, not {raw!r}"
-        )
+    value: Any = raw
+    if OPTION_TYPES.get(name) is not str:  # a known text option keeps its text as written
+        try:
+            value = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            value = raw
+    problem = option_problem(name, value)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"option {name} {problem}")
     return name, value
 
 
