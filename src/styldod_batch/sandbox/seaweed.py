@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import glob
 import os
 import secrets
@@ -29,7 +30,18 @@ import orjson
 from styldod_batch.errors import ConfigurationError
 
 READY_TIMEOUT_S = 60.0
+PR_SET_PDEATHSIG = 1
 STOP_GRACE_S = 1.0
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the sandbox's process dies, however it dies
+    (Linux), so a killed owner never leaves a storage server behind."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -141,6 +153,7 @@ class SeaweedS3:
             stdout=(root / "logs" / "stdout.log").open("wb"),
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
         try:
             await self._wait_ready()
