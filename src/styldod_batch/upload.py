@@ -31,11 +31,13 @@ from styldod_batch.models import ImageItem, UploadTarget
 from styldod_batch.settings import Settings
 
 
-def read_small(path: str, expected_size: int) -> tuple[bytes, bytes]:
-    """The whole file and its MD5 digest (runs in a worker thread)."""
+def read_small(path: str, expected_size: int, expected_mtime_ns: int) -> tuple[bytes, bytes]:
+    """The whole file and its MD5 digest, checked unchanged since the scan (one thread hop:
+    what is sent is exactly these bytes, so no check is needed after the PUT)."""
     try:
         with open(path, "rb") as handle:
             data = handle.read(expected_size + 1)
+            after = os.fstat(handle.fileno())
     except OSError as exc:
         raise InputError(path, f"cannot read: {exc.strerror or exc}") from exc
     if len(data) != expected_size:
@@ -44,6 +46,8 @@ def read_small(path: str, expected_size: int) -> tuple[bytes, bytes]:
             f"size changed since it was scanned ({expected_size} -> "
             f"{len(data) if len(data) <= expected_size else 'more'} bytes)",
         )
+    if after.st_mtime_ns != expected_mtime_ns or after.st_size != expected_size:
+        raise InputError(path, "file changed since it was scanned")
     return data, hashlib.md5(data, usedforsecurity=False).digest()
 
 
@@ -73,7 +77,7 @@ class FileUploader:
         digest: hashlib._Hash | None = None
         body: bytes | AsyncIterator[bytes]
         if item.size <= self.settings.small_file_bytes:
-            body, raw_md5 = await asyncio.to_thread(read_small, item.path, item.size)
+            body, raw_md5 = await asyncio.to_thread(read_small, item.path, item.size, item.mtime_ns)
             headers["Content-MD5"] = base64.b64encode(raw_md5).decode()
             md5_hex = raw_md5.hex()
         else:
@@ -104,7 +108,8 @@ class FileUploader:
                 f"PUT {item.path}: storage ETag {etag or '(none)'} is not the "
                 f"MD5 of the file ({md5_hex})"
             )
-        self._check_unchanged(item)
+        if digest is not None:  # a streamed file: was it still the same file at the end?
+            await asyncio.to_thread(self._check_unchanged, item)
         return md5_hex
 
     async def _stream(self, item: ImageItem, digest: hashlib._Hash) -> AsyncIterator[bytes]:
