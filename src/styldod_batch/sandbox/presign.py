@@ -7,6 +7,7 @@ from typing import Any
 
 import botocore.config
 import botocore.session
+from botocore.exceptions import ClientError
 
 from styldod_batch.sandbox.seaweed import S3Credentials
 
@@ -51,7 +52,15 @@ class Presigner:
         return url
 
     async def create_bucket(self) -> None:
-        await asyncio.to_thread(self._direct.create_bucket, Bucket=self.bucket)
+        """Create the bucket; one that exists already (ours) is fine."""
+        try:
+            await asyncio.to_thread(self._direct.create_bucket, Bucket=self.bucket)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in (
+                "BucketAlreadyOwnedByYou",
+                "BucketAlreadyExists",
+            ):
+                raise
 
 
 def _client(credentials: S3Credentials, endpoint: str) -> Any:

@@ -20,6 +20,8 @@ from styldod_batch.sandbox.presign import Presigner
 from styldod_batch.sandbox.requestlog import RequestLog
 from styldod_batch.sandbox.seaweed import SeaweedS3, free_port
 
+SHARED_BUCKET = "sandbox-shared"
+
 
 class Sandbox:
     """``async with Sandbox() as sb:`` serves the Order API at ``sb.base_url``.
@@ -91,7 +93,9 @@ class Sandbox:
             self.storage.credentials,
             public_endpoint=self.storage_url,
             direct_endpoint=self.storage.endpoint,
-            bucket=f"sandbox-{secrets.token_hex(6)}",
+            # SeaweedFS grows seven volumes per bucket: sandboxes sharing one server share one
+            # bucket (their object keys never collide), or a long test session runs out.
+            bucket=SHARED_BUCKET if not self._owns_storage else f"sandbox-{secrets.token_hex(6)}",
         )
         await presigner.create_bucket()
         lifecycle = Lifecycle(
