@@ -61,6 +61,8 @@ class Settings:
     retry: RetryPolicy = RetryPolicy()
     # Files up to this size are read in one step and sent with Content-MD5; larger ones stream.
     small_file_bytes: int = 1024 * 1024
+    # Files up to this size are read on the event loop: cheaper than a thread hop.
+    inline_read_bytes: int = 256 * 1024
     stream_chunk_bytes: int = 256 * 1024
     api_timeout_s: float = 60.0
     # A PUT fails when no byte moves for this long (large files have no overall deadline).
