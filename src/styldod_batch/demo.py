@@ -129,6 +129,10 @@ async def run_demo(
                     f"  {order.key}: {state.status} after {', '.join(state.events)}; "
                     f"{outputs} edited outputs"
                 )
+            for order in report.orders:  # the final word comes from the webhooks
+                final = hooks.orders.get(order.order_id or "")
+                if final is not None:
+                    order.order_status = final.status
             say("")
             say(report.summary())
             if as_json:
