@@ -8,8 +8,9 @@ pre-signing and orders are left out, so it compares like for like with curl, s5c
 rclone. Prints one JSON line: files, bytes, failures, 429s, and the time inside the loop.
 
 ``--accept-missing-etag``: nginx's DAV module stores the body but sends no ETag, which the
-engine rightly treats as an integrity failure. With this flag that one failure counts as a
-success (the MD5 was still computed, and the unchanged-file check still runs).
+engine rightly treats as an integrity failure. With this flag the uploader is built with
+``accept_missing_etag=True``: an absent ETag passes (the MD5 is still computed, and a
+streamed file is still checked unchanged), a wrong one still fails.
 """
 
 from __future__ import annotations
@@ -26,13 +27,11 @@ import aiohttp
 import orjson
 
 from styldod_batch.api import RequestCounters
-from styldod_batch.errors import IntegrityError, StyldodError
+from styldod_batch.errors import StyldodError
 from styldod_batch.models import ImageItem, UploadTarget
 from styldod_batch.runtime import run_async
 from styldod_batch.settings import Settings
 from styldod_batch.upload import FileUploader
-
-MISSING_ETAG = "storage ETag (none)"
 
 
 def load_job(path: str) -> list[tuple[ImageItem, UploadTarget]]:
@@ -69,7 +68,9 @@ async def upload_all(
         limit=concurrency, ttl_dns_cache=300, enable_cleanup_closed=True
     )
     async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
-        uploader = FileUploader(session, settings, None, counters)
+        uploader = FileUploader(
+            session, settings, None, counters, accept_missing_etag=accept_missing_etag
+        )
 
         async def worker() -> None:
             while True:
@@ -79,13 +80,6 @@ async def upload_all(
                     return
                 try:
                     await uploader.put(item, target)
-                except IntegrityError as exc:
-                    if not (accept_missing_etag and MISSING_ETAG in str(exc)):
-                        done["failed"] += 1
-                        errors.append(str(exc))
-                        continue
-                    if item.size > settings.small_file_bytes:  # as the engine does
-                        uploader._check_unchanged(item)
                 except StyldodError as exc:
                     done["failed"] += 1
                     errors.append(str(exc))
