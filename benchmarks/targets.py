@@ -277,7 +277,7 @@ class SandboxProcess:
             if line is None:
                 raise RuntimeError(
                     "the sandbox exited while starting: "
-                    + (self.workdir / "sandbox-stderr.log").read_text()[-800:]
+                    + (self.workdir / "sandbox-stderr.log").read_text()[-2000:]
                 )
             if line.startswith("Order API: "):
                 self.base_url = line.split(": ", 1)[1].strip()

@@ -12,6 +12,7 @@ import calendar
 import contextlib
 import hashlib
 import os
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from styldod_batch.contract import (
     EVENT_POST_PROCESSING,
     EVENT_PRE_PROCESSING,
 )
-from styldod_batch.sandbox import Faults, KeyConfig, Sandbox
+from styldod_batch.sandbox import Faults, KeyConfig, Sandbox, SeaweedS3
 from styldod_batch.sandbox.pytest_plugin import SandboxFactory
 
 JPEG = "image/jpeg"
@@ -1114,3 +1115,16 @@ async def test_request_log_records_requests_and_never_the_key(
     assert from_file == sandbox.log.as_dicts()
     for leaked in (key, secret):
         assert leaked.encode() not in log_path.read_bytes()
+
+
+async def test_seaweedfs_starts_on_fresh_ports_when_a_chosen_port_is_taken() -> None:
+    """Another process can take a chosen port before SeaweedFS binds it; the start must survive."""
+    storage = SeaweedS3()
+    taken = storage._ports["s3.port"]
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", taken))
+        squatter.listen()
+        async with storage, aiohttp.ClientSession() as http:
+            assert storage.endpoint != f"http://127.0.0.1:{taken}"
+            async with http.get(storage.endpoint + "/") as resp:
+                assert resp.status == 403  # unsigned: the S3 gateway is serving

@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import glob
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -30,6 +31,7 @@ import orjson
 from styldod_batch.errors import ConfigurationError
 
 READY_TIMEOUT_S = 60.0
+START_ATTEMPTS = 4
 PR_SET_PDEATHSIG = 1
 STOP_GRACE_S = 1.0
 
@@ -44,7 +46,33 @@ def _die_with_parent() -> None:
         pass
 
 
+class _ExitedWhileStarting(RuntimeError):
+    pass
+
+
+def _ephemeral_floor() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port free now, for a server that binds it a moment later.
+
+    Chosen below the kernel's ephemeral range where possible: a port from that range can be taken
+    by any outgoing connection in the gap between this check and the server's bind.
+    """
+    floor = _ephemeral_floor()
+    rng = random.SystemRandom()
+    for _ in range(50 if floor > 11000 else 0):
+        port = rng.randrange(10000, floor)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
@@ -107,6 +135,19 @@ class SeaweedS3:
 
     async def start(self) -> None:
         began = time.monotonic()
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                await self._start_once()
+            except _ExitedWhileStarting:
+                if attempt == START_ATTEMPTS:
+                    raise
+                # Almost always a port taken between choosing it and SeaweedFS binding it.
+                self._ports = {name: free_port(self.host) for name in _PORT_FLAGS}
+            else:
+                break
+        self.started_in_s = time.monotonic() - began
+
+    async def _start_once(self) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="styldod-seaweed-")
         root = Path(self._tmp.name)
         (root / "data").mkdir()
@@ -160,19 +201,20 @@ class SeaweedS3:
         except BaseException:
             self.stop()
             raise
-        self.started_in_s = time.monotonic() - began
 
     async def _wait_ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
-        async with aiohttp.ClientSession() as session:
+        # A short timeout per probe: a port squatted by a silent listener must not hang the start.
+        probe_timeout = aiohttp.ClientTimeout(total=2.0)
+        async with aiohttp.ClientSession(timeout=probe_timeout) as session:
             while True:
                 assert self._process is not None
                 if self._process.poll() is not None:
-                    raise RuntimeError(
-                        f"SeaweedFS exited with status {self._process.returncode} while starting"
-                        f" (logs in {self._tmp.name if self._tmp else '?'})"
+                    raise _ExitedWhileStarting(
+                        f"SeaweedFS exited with status {self._process.returncode} while starting;"
+                        f" the end of its output:\n{self._log_tail()}"
                     )
-                with contextlib.suppress(aiohttp.ClientError, OSError):
+                with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
                     async with session.get(self.endpoint + "/") as resp:
                         # An unsigned request answers 403 once the S3 gateway is serving.
                         if resp.status < 500:
@@ -180,6 +222,15 @@ class SeaweedS3:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"SeaweedFS S3 did not answer within {READY_TIMEOUT_S} s")
                 await asyncio.sleep(0.1)
+
+    def _log_tail(self, lines: int = 8) -> str:
+        if self._tmp is None:
+            return "(no log)"
+        try:
+            text = (Path(self._tmp.name) / "logs" / "stdout.log").read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.strip().splitlines()[-lines:])
 
     def stop(self) -> None:
         """Terminate, kill after a short grace (SeaweedFS takes ~20 s to exit politely), reap."""
