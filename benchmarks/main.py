@@ -274,8 +274,9 @@ def run(plan: Plan, *, only: set[str] | None = None) -> int:
         generated_at=generated_at,
     )
     RESULTS.mkdir(exist_ok=True)
-    # The quick run (CI) never overwrites the full run's results, which the README shows.
-    stem = "latest" if plan.mode == "full" else "quick"
+    # Neither the quick run (CI) nor a partial one (--only) overwrites the full run's results,
+    # which the README shows.
+    stem = "quick" if plan.mode != "full" else "partial" if only else "latest"
     results.write_json(doc, RESULTS / f"{stem}.json")
     (RESULTS / f"{stem}.md").write_text(results.markdown(doc))
     results.chart(doc, RESULTS / f"{stem}.png")

@@ -23,7 +23,6 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
-import aiohttp
 import orjson
 
 from styldod_batch.api import RequestCounters
@@ -64,13 +63,9 @@ async def upload_all(
         pending.put_nowait(job)
     done = {"files": 0, "bytes": 0, "failed": 0}
     errors: list[str] = []
-    connector = aiohttp.TCPConnector(
-        limit=concurrency, ttl_dns_cache=300, enable_cleanup_closed=True
-    )
-    async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
-        uploader = FileUploader(
-            session, settings, None, counters, accept_missing_etag=accept_missing_etag
-        )
+    async with FileUploader(
+        settings, None, counters, accept_missing_etag=accept_missing_etag
+    ) as uploader:
 
         async def worker() -> None:
             while True:

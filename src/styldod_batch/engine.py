@@ -142,15 +142,14 @@ class Uploader:
         from styldod_batch.upload import FileUploader
 
         connector = aiohttp.TCPConnector(
+            # API calls and downloads (PUTs have a pool of their own in FileUploader).
             limit=self.settings.concurrency + PRESIGN_WORKERS + ORDER_WORKERS + 4,
             ttl_dns_cache=300,
             enable_cleanup_closed=True,
         )
         self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
         self.api = OrderAPIClient(self._session, self.settings, self.api_budget, self.counters)
-        self._file_uploader = FileUploader(
-            self._session, self.settings, self.storage_budget, self.counters
-        )
+        self._file_uploader = FileUploader(self.settings, self.storage_budget, self.counters)
         return self
 
     async def __aexit__(
@@ -159,6 +158,9 @@ class Uploader:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._file_uploader is not None:
+            await self._file_uploader.close()
+            self._file_uploader = None
         if self._session is not None:
             await self._session.close()
             self._session = None
