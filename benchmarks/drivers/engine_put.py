@@ -25,9 +25,8 @@ from typing import Any
 
 import orjson
 
-from styldod_batch.api import RequestCounters
 from styldod_batch.errors import StyldodError
-from styldod_batch.models import ImageItem, UploadTarget
+from styldod_batch.models import ImageItem, RequestCounters, UploadTarget
 from styldod_batch.runtime import run_async
 from styldod_batch.settings import Settings
 from styldod_batch.upload import FileUploader

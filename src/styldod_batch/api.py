@@ -3,76 +3,26 @@
 from __future__ import annotations
 
 import base64
-import email.utils
-import time
 import uuid
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import aiohttp
 import orjson
 
 from styldod_batch.budget import RateBudget
-from styldod_batch.errors import APIError, NetworkError, error_for_status
-from styldod_batch.models import ImageItem, UploadTarget
+from styldod_batch.errors import NetworkError, api_error, parse_retry_after
+from styldod_batch.models import ImageItem, RequestCounters, UploadTarget
 from styldod_batch.retry import retrying
 from styldod_batch.settings import Settings
 
-
-@dataclass(slots=True)
-class RequestCounters:
-    """What a run sent: every attempt on the wire is counted once."""
-
-    api: int = 0
-    storage: int = 0
-    retries: int = 0
-    rate_limited: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return {
-            "api": self.api,
-            "storage": self.storage,
-            "retries": self.retries,
-            "rate_limited": self.rate_limited,
-        }
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    when = email.utils.parsedate_to_datetime(value) if value else None
-    if when is None:
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def api_error(status: int, body: bytes, headers: Any, *, context: str) -> APIError:
-    """Map an error answer to its exception, carrying the API's code, message and field."""
-    code = param = None
-    message = ""
-    try:
-        payload = orjson.loads(body) if body else None
-    except orjson.JSONDecodeError:
-        payload = None
-    if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
-        error = payload["error"]
-        code = error.get("code")
-        message = str(error.get("message") or "")
-        param = error.get("param")
-    if not message:
-        message = body[:200].decode(errors="replace").strip() or f"HTTP {status}"
-    cls = error_for_status(status)
-    return cls(
-        f"{context}: {message}",
-        status=status,
-        code=code,
-        param=param,
-        retry_after=parse_retry_after(headers.get("Retry-After")),
-    )
+# Defined where modules that never touch the API (the upload path) can import them cheaply.
+__all__ = [
+    "CountingMiddleware",
+    "OrderAPIClient",
+    "RequestCounters",
+    "api_error",
+    "parse_retry_after",
+]
 
 
 class OrderAPIClient:

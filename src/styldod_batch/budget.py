@@ -23,9 +23,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from typing import TYPE_CHECKING
 
-from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
 from aiolimiter import AsyncLimiter
+
+if TYPE_CHECKING:  # aiohttp only for the middleware's types: the upload path never loads it
+    from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
 
 
 class RateBudget:

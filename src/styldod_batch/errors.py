@@ -23,6 +23,12 @@ Messages never contain the API key or secret.
 
 from __future__ import annotations
 
+import email.utils
+import time
+from typing import Any
+
+import orjson
+
 
 class StyldodError(Exception):
     """Base class of every error this package raises on purpose."""
@@ -172,3 +178,41 @@ def error_for_status(status: int) -> type[APIError]:
 
 def is_retryable(exc: BaseException) -> bool:
     return bool(getattr(exc, "retryable", False))
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    when = email.utils.parsedate_to_datetime(value) if value else None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def api_error(status: int, body: bytes, headers: Any, *, context: str) -> APIError:
+    """Map an error answer to its exception, carrying the API's code, message and field."""
+    code = param = None
+    message = ""
+    try:
+        payload = orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        payload = None
+    if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
+        error = payload["error"]
+        code = error.get("code")
+        message = str(error.get("message") or "")
+        param = error.get("param")
+    if not message:
+        message = body[:200].decode(errors="replace").strip() or f"HTTP {status}"
+    cls = error_for_status(status)
+    return cls(
+        f"{context}: {message}",
+        status=status,
+        code=code,
+        param=param,
+        retry_after=parse_retry_after(headers.get("Retry-After")),
+    )

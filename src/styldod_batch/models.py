@@ -76,3 +76,21 @@ class GroupClosed:
 
     group: str
     count: int
+
+
+@dataclass(slots=True)
+class RequestCounters:
+    """What a run sent: every attempt on the wire is counted once."""
+
+    api: int = 0
+    storage: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "api": self.api,
+            "storage": self.storage,
+            "retries": self.retries,
+            "rate_limited": self.rate_limited,
+        }

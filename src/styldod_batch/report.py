@@ -8,8 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from styldod_batch.api import RequestCounters
-from styldod_batch.models import ImageResult, OrderResult
+from styldod_batch.models import ImageResult, OrderResult, RequestCounters
 
 
 def peak_rss_mb() -> float:

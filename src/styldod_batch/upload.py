@@ -19,7 +19,6 @@ from collections.abc import AsyncGenerator
 
 import aiofiles
 
-from styldod_batch.api import RequestCounters, api_error
 from styldod_batch.budget import RateBudget
 from styldod_batch.errors import (
     InputError,
@@ -27,8 +26,9 @@ from styldod_batch.errors import (
     NetworkError,
     ServerError,
     UploadURLExpired,
+    api_error,
 )
-from styldod_batch.models import ImageItem, UploadTarget
+from styldod_batch.models import ImageItem, RequestCounters, UploadTarget
 from styldod_batch.settings import Settings
 from styldod_batch.storage_http import StorageClient, StorageConnectionError, StorageResponse
 
