@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -38,8 +41,10 @@ class ScriptedServer:
     port: int = 0
     _server: asyncio.Server | None = None
 
+    tls: ssl.SSLContext | None = None
+
     async def __aenter__(self) -> ScriptedServer:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.tls)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -149,6 +154,46 @@ async def test_a_first_request_dropped_unanswered_is_an_error() -> None:
         with pytest.raises(StorageConnectionError, match="closed"):
             await client.put(f"http://127.0.0.1:{server.port}/b/k", {}, b"a", content_length=1)
     assert len(server.received) == 1  # a new connection's failure is the caller's to retry
+
+
+@pytest.fixture
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A key and a certificate for 127.0.0.1, made with Debian's openssl."""
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"),
+            *("-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return key, cert
+
+
+async def test_https_with_certificate_verification(self_signed: tuple[Path, Path]) -> None:
+    """Real pre-signed URLs are https: the same PUT over TLS, and a certificate the client
+    does not trust is refused."""
+    key, cert = self_signed
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    trusting = ssl.create_default_context(cafile=str(cert))
+    async with ScriptedServer(ok_with_etag, tls=server_tls) as server:
+        url = f"https://127.0.0.1:{server.port}/b/k?X-Amz-Signature=1"
+        async with StorageClient(limit=2, ssl_context=trusting) as client:
+            for body in (b"one", b"two"):
+                response = await client.put(url, {}, body, content_length=len(body))
+                assert response.status == 200
+                assert (
+                    response.header("etag").strip('"')
+                    == hashlib.md5(body, usedforsecurity=False).hexdigest()
+                )
+        async with StorageClient(limit=1) as default_trust:
+            with pytest.raises(StorageConnectionError, match="CERTIFICATE_VERIFY_FAILED"):
+                await default_trust.put(url, {}, b"x", content_length=1)
+    assert [r.body for r in server.received] == [b"one", b"two"]
+    assert server.connections == 1  # both PUTs on one kept-alive TLS connection
 
 
 async def test_streamed_body_chunked_answer_and_connection_close() -> None:
