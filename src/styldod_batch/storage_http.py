@@ -96,12 +96,11 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         self._eof = True
         self._try_complete()
-        error = StorageConnectionError(
-            f"connection to {self.origin.authority} closed: {exc or 'by the server'}"
+        self._fail_waiters(
+            StorageConnectionError(
+                f"connection to {self.origin.authority} closed: {exc or 'by the server'}"
+            )
         )
-        for waiter in (self._response, self._drain):
-            if waiter is not None and not waiter.done():
-                waiter.set_exception(error)
         self._cancel_timer()
 
     def pause_writing(self) -> None:
@@ -172,13 +171,17 @@ class _Connection(asyncio.Protocol):
             self._timer = None
 
     def _on_idle_timeout(self) -> None:
-        error = StorageConnectionError(
-            f"no answer from {self.origin.authority} for {self.idle_timeout_s:g} s"
+        self._fail_waiters(
+            StorageConnectionError(
+                f"no answer from {self.origin.authority} for {self.idle_timeout_s:g} s"
+            )
         )
+        self.close()
+
+    def _fail_waiters(self, error: StorageConnectionError) -> None:
         for waiter in (self._response, self._drain):
             if waiter is not None and not waiter.done():
                 waiter.set_exception(error)
-        self.close()
 
     def _try_complete(self) -> None:
         waiter = self._response
@@ -330,30 +333,27 @@ class StorageClient:
         head = "".join(lines).encode("latin-1")
         async with self._slots:
             connection = self._take_idle(origin)
-            if connection is None:
-                connection = await self._connect(origin)
-            reused = connection.used
-            try:
-                if before_send is not None:
-                    await before_send()
-                response, keep = await connection.exchange(head, body)
-            except StorageConnectionError:
-                connection.close()
-                # A kept-alive connection the server closed meanwhile: one attempt on a new
-                # one (a PUT of the same bytes to the same URL is idempotent).
-                if not (reused and isinstance(body, bytes)):
-                    raise
-                connection = await self._connect(origin)
+            while True:
+                if connection is None:
+                    connection = await self._connect(origin)
+                reused = connection.used
                 try:
                     if before_send is not None:
                         await before_send()
                     response, keep = await connection.exchange(head, body)
+                except StorageConnectionError:
+                    connection.close()
+                    # A kept-alive connection the server closed meanwhile: one attempt on a
+                    # new one (a PUT of the same bytes to the same URL is idempotent). The new
+                    # connection is not reused, so a second failure is raised.
+                    if reused and isinstance(body, bytes):
+                        connection = None
+                        continue
+                    raise
                 except BaseException:
                     connection.close()
                     raise
-            except BaseException:
-                connection.close()
-                raise
+                break
             if keep and not self._closed:
                 self._idle.setdefault(origin, []).append(connection)
             else:
