@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import uuid
-from typing import Any, Literal
+from typing import Any
 
 import aiohttp
 import orjson
@@ -44,10 +44,10 @@ class OrderAPIClient:
         self.contract = settings.contract
         self.budget = budget
         self.counters = counters
-        self._middlewares = (budget.middleware(), CountingMiddleware(counters, "api"))
+        self._middlewares = (budget.middleware(), CountingMiddleware(counters))
         self._polling_middlewares = (
             budget.middleware(low_priority=True),
-            CountingMiddleware(counters, "api"),
+            CountingMiddleware(counters),
         )
         self._base = settings.base_url.rstrip("/")
         self._timeout = aiohttp.ClientTimeout(total=settings.api_timeout_s)
@@ -164,21 +164,18 @@ class OrderAPIClient:
 
 
 class CountingMiddleware:
-    """Counts attempts on the wire, API or storage (it runs after the budget's grant)."""
+    """Counts API attempts on the wire (it runs after the budget's grant); storage PUTs are
+    counted by ``FileUploader``."""
 
-    __slots__ = ("counters", "kind")
+    __slots__ = ("counters",)
 
-    def __init__(self, counters: RequestCounters, kind: Literal["api", "storage"]) -> None:
+    def __init__(self, counters: RequestCounters) -> None:
         self.counters = counters
-        self.kind = kind
 
     async def __call__(
         self, request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
     ) -> aiohttp.ClientResponse:
-        if self.kind == "api":
-            self.counters.api += 1
-        else:
-            self.counters.storage += 1
+        self.counters.api += 1
         response = await handler(request)
         if response.status == 429:
             self.counters.rate_limited += 1

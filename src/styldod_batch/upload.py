@@ -26,7 +26,8 @@ from styldod_batch.errors import (
     NetworkError,
     ServerError,
     UploadURLExpired,
-    api_error,
+    error_for_status,
+    parse_retry_after,
 )
 from styldod_batch.models import ImageItem, RequestCounters, UploadTarget
 from styldod_batch.settings import Settings
@@ -180,11 +181,13 @@ def _storage_error(status: int, response: StorageResponse, item: ImageItem) -> E
         return IntegrityError(f"{context}: {code}: {message}")
     if status == 503 and code == "SlowDown":
         return ServerError(f"{context}: {message}", status=status, code=code)
-    retry_after = {"Retry-After": response.headers.get("retry-after")}
-    error = api_error(status, b"", retry_after, context=context)
-    error.code = code
-    error.message = message
-    error.args = (f"{context}: {message}",)
+    error = error_for_status(status)(
+        f"{context}: {message}",
+        status=status,
+        code=code,
+        retry_after=parse_retry_after(response.header("retry-after")),
+    )
+    error.message = message  # str(error) shows it without the path; args keep the path
     return error
 
 
