@@ -108,7 +108,7 @@ def _driver_outcome(measured: Measured) -> Outcome:
 
 
 class EngineUploadPath(Contender):
-    """``styldod_batch.upload.FileUploader`` alone, over the same pre-signed URLs."""
+    """``styldod_batch.storage.FileUploader`` alone, over the same pre-signed URLs."""
 
     name = "engine (upload path)"
     needs = "urls"

@@ -168,17 +168,16 @@ class Runner:
             time.sleep(SANDBOX_QUIET_S)
             mark = self.sandbox.log_mark()
         invocation = lane.contender.invocation(ctx)
-        # A fresh working directory per run: whatever a contender keeps there (the engine's
-        # journal, by default .styldod-batch/ under it) starts empty, so a re-run is a run.
+        # A fresh working directory per run, holding the engine's ledger too: whatever a
+        # contender keeps starts empty, so a re-run is a run.
         cwd = self.workdir / f"cwd-{prefix}"
         cwd.mkdir()
+        env = {**invocation.env, "STYLDOD_STATE": str(cwd / "state")}
         # What earlier runs wrote (SeaweedFS stores on disk) is flushed now, so its
         # writeback does not land in the middle of this run.
         os.sync()
         try:
-            measured = run_measured(
-                invocation.argv, env=invocation.env, cwd=cwd, timeout_s=self.timeout_s
-            )
+            measured = run_measured(invocation.argv, env=env, cwd=cwd, timeout_s=self.timeout_s)
         finally:
             shutil.rmtree(cwd, ignore_errors=True)
         outcome = invocation.parse(measured)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -68,3 +69,43 @@ def json_report(completed: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     report = orjson.loads(completed.stdout)
     assert isinstance(report, dict)
     return report
+
+
+_FOLLOW_UP = re.compile(r"^(?P<base>.*?)(?: \((?P<batch>\d+)\))?$")
+
+
+def ordered_images(sandbox: Sandbox) -> collections.Counter[tuple[str, str]]:
+    """How many of the sandbox's orders hold each (listing, client_image_id): a follow-up
+    order ``L (2)`` counts for listing ``L``."""
+    assert sandbox.api is not None
+    counts: collections.Counter[tuple[str, str]] = collections.Counter()
+    for order in sandbox.api.orders.values():
+        match = _FOLLOW_UP.match(order.order_name or "")
+        assert match is not None
+        for image in order.images:
+            counts[(match.group("base"), image.client_image_id)] += 1
+    return counts
+
+
+def assert_each_file_in_one_order(sandbox: Sandbox, files: list[Path]) -> None:
+    """Every file (named by its folder and its name) is in exactly one order, and no order
+    holds anything else."""
+    counts = ordered_images(sandbox)
+    expected = {(f.parent.name, f.name) for f in files}
+    twice = {key: n for key, n in counts.items() if n > 1}
+    assert not twice, f"in more than one order: {twice}"
+    missing, unexpected = sorted(expected - set(counts)), sorted(set(counts) - expected)
+    assert not missing and not unexpected, f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+
+
+def assert_one_key_per_order(sandbox: Sandbox) -> None:
+    """Every order POST that reached the server used its order's one key: a key never names
+    two orders, and no order was asked for under a second key."""
+    assert sandbox.api is not None
+    keys: dict[str | None, set[str]] = collections.defaultdict(set)
+    for entry in sandbox.log.select(kind="api", method="POST", path_prefix="/v2/orders"):
+        keys[entry.idempotency_key].update([entry.order_id] if entry.order_id else [])
+    assert None not in keys
+    created = [ids for ids in keys.values() if ids]
+    assert all(len(ids) == 1 for ids in created), "a key named two orders"
+    assert len(created) == len(sandbox.api.orders), "an order was created under a second key"

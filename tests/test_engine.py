@@ -181,10 +181,11 @@ async def test_order_options_sequence_and_webhook_are_passed_on(
     (order,) = sandbox.api.orders.values()
     assert order.webhook_url == "http://127.0.0.1:9/hooks/x"
     assert [(i.client_image_id, i.sequence) for i in order.images] == [
-        ("listing-7/img1.jpg", 1),
-        ("listing-7/img2.jpg", 2),
-        ("listing-7/img10.jpg", 3),
+        ("img1.jpg", 1),
+        ("img2.jpg", 2),
+        ("img10.jpg", 3),
     ]
+    assert order.order_name == "listing-7"
     expected = effective_options({"style": "modern"}, settings.options, {})
     assert all(i.options == expected for i in order.images)
 
@@ -220,7 +221,9 @@ async def test_bad_input_is_reported_and_the_rest_of_the_batch_goes_on(
     (tmp_path / "listing-01" / "notes.txt").write_text("not an image")
     (tmp_path / "listing-01" / "empty.jpg").write_bytes(b"")
     (tmp_path / "listing-02" / "dangling.jpg").symlink_to(tmp_path / "nowhere.jpg")
-    (tmp_path / "listing-02" / "loop").symlink_to(tmp_path / "listing-02")
+    # A link back into the tree: its files are yielded once, without a complaint.
+    (tmp_path / "listing-02" / "again").symlink_to(tmp_path / "listing-02")
+    (tmp_path / "listing-02" / "loop.jpg").symlink_to(tmp_path / "listing-02" / "loop.jpg")
     os.mkfifo(tmp_path / "listing-02" / "pipe.png")
     sandbox = await sandbox_factory(rps=1000)
     async with Uploader(settings_for(sandbox.base_url, sandbox.api_key, **FAST)) as uploader:
@@ -231,7 +234,8 @@ async def test_bad_input_is_reported_and_the_rest_of_the_batch_goes_on(
     reasons = {Path(f["path"]).name: f["error"] for f in report.failures}
     assert reasons["empty.jpg"] == "empty file"
     assert "no such file" in reasons["dangling.jpg"]
-    assert "symlink loop" in reasons["loop"]
+    assert "symlink loop" in reasons["loop.jpg"]
+    assert "again" not in reasons
     assert reasons["pipe.png"] == "not a regular file"
     assert len(report.orders) == 2 and all(o.status == "created" for o in report.orders)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from styldod_batch.journal import Journal
+from styldod_batch.ledger import SQLiteLedger
 from styldod_batch.sandbox import Sandbox
 from styldod_batch.sandbox.pytest_plugin import SandboxFactory
 from styldod_batch.webhooks import WebhookReceiver
@@ -77,8 +77,8 @@ def outputs_match_inputs(download: Path, inputs: Path) -> int:
     count = 0
     for output in download.rglob("*.jpg"):
         relative = output.relative_to(download)
-        # DIR/<order key>/<client_image_id>; the client_image_id is the input's relative path
-        original = inputs / Path(*relative.parts[1:])
+        # DIR/<listing>/<client_image_id>: the input's folder and file names
+        original = inputs / relative
         assert output.read_bytes() == original.read_bytes(), output
         count += 1
     return count
@@ -200,7 +200,7 @@ async def test_polling_reaches_the_same_end_within_the_rate_budget(
 
 
 async def test_receiver_refuses_wrong_token_and_malformed_bodies(tmp_path: Path) -> None:
-    journal = Journal.open(tmp_path / "j.sqlite", identity={"job": "x"})
+    journal = await SQLiteLedger.open(tmp_path / "j.sqlite", base_url="http://x", api_key="k")
     try:
         async with WebhookReceiver(token="right-token", on_event=journal.record_event) as hooks:
             good = {
@@ -234,7 +234,7 @@ async def test_receiver_refuses_wrong_token_and_malformed_bodies(tmp_path: Path)
                 assert db.execute("SELECT COUNT(*) FROM events").fetchone() == (1,)
             assert hooks.duplicates == 2
     finally:
-        journal.close()
+        await journal.close()
 
 
 async def test_an_image_marked_as_error_is_reported_with_exit_status_1(

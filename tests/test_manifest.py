@@ -81,6 +81,8 @@ def test_csv_with_one_column_per_option(tmp_path: Path) -> None:
             sequence=2,
             # JSON when it parses; a string option keeps its text; empty cells set nothing.
             options={"basic_editing": True, "style": "1920", "lighting": 3},
+            listing="order:L1",
+            listing_name="L1",
         ),
         ManifestRow(
             line=3,
@@ -89,14 +91,19 @@ def test_csv_with_one_column_per_option(tmp_path: Path) -> None:
             order="L1",
             sequence=None,
             options={"basic_editing": False, "lighting": "soft", "notes": 'a, quoted "note"'},
+            listing="order:L1",
+            listing_name="L1",
         ),
+        # Without an order, the row belongs to its file's folder, as a folder run sees it.
         ManifestRow(
             line=4,
             path=str(tmp_path / "listing-2/hall.jpg"),
-            client_image_id="listing-2/hall.jpg",
+            client_image_id="hall.jpg",
             order=None,
             sequence=None,
             options={"style": "modern", "lighting": "7"},
+            listing=f"folder:{tmp_path / 'listing-2'}",
+            listing_name="listing-2",
         ),
     ]
 
@@ -139,10 +146,13 @@ def test_paths_relative_to_the_manifest_folder_or_absolute(tmp_path: Path) -> No
         str(inside),
         str(elsewhere),
     ]
-    # The default client_image_id is the path relative to the manifest's folder, in POSIX form.
-    assert [row.client_image_id for row in rows] == [
+    # Without an order, the default client_image_id is the file's name within its folder.
+    assert [row.client_image_id for row in rows] == ["z.jpg", "y.jpg", "x.jpg"]
+    assert [row.listing_name for row in rows] == ["photos", "photos", "elsewhere"]
+    # With one, it is the path relative to the manifest's folder, in POSIX form.
+    ordered = manifest(tmp_path / "jobs", f"path,order\nphotos/z.jpg,L\n{elsewhere},L\n", "o.csv")
+    assert [row.client_image_id for row in rows_of(ordered)] == [
         "photos/z.jpg",
-        "photos/y.jpg",
         "../elsewhere/x.jpg",
     ]
 
@@ -356,8 +366,8 @@ def test_validation_reports_every_problem_of_the_manifest_together(tmp_path: Pat
         f"{path}:9: path: not an image type the API accepts "
         f"(.heic, .heif, .jpe, .jpeg, .jpg, .png, .tif, .tiff, .webp): {tmp_path / 'L2/notes.txt'}",
         f"{path}:10: path: not a regular file: {tmp_path / 'L2/folder.jpg'}",
-        f"{path}:11: order: the rows of order 'L1' must be together: they ended at line 6 "
-        "and other rows came between",
+        # Rows of an order need not be together: a later row is checked against the whole order.
+        f"{path}:11: path: this file is already listed in this order (line 2)",
         f"{path}:12: path: no path: every row needs one",
     ]
 
@@ -376,39 +386,37 @@ def test_an_empty_list_is_a_problem(tmp_path: Path) -> None:
     assert [str(p) for p in validate_manifest(path)] == [f"{path}:1: the manifest lists no images"]
 
 
-def test_rows_without_an_order_are_grouped_by_folder_and_must_be_together(
-    tmp_path: Path,
-) -> None:
+def test_rows_of_one_listing_need_not_be_together(tmp_path: Path) -> None:
     for name in ("x/1.jpg", "x/2.jpg", "y/1.jpg", "y/2.jpg", "top.jpg"):
         image(tmp_path, name)
-    path = manifest(tmp_path, "path\nx/1.jpg\ny/1.jpg\nx/2.jpg\ny/2.jpg\ntop.jpg\n")
+    # As a spreadsheet exports it when sorted by another column.
+    path = manifest(tmp_path, "path,order\nx/1.jpg,\ny/1.jpg,B\nx/2.jpg,\ny/2.jpg,B\ntop.jpg,\n")
 
-    problems = validate_manifest(path)
+    assert validate_manifest(path) == []
+    events = [describe(e) for e in manifest_items(path)]
 
-    # The out-of-place row does not end y's run: the row after it is still in place.
-    assert [(p.line, p.column, p.message) for p in problems] == [
-        (
-            4,
-            "path",
-            "the rows of folder 'x' must be together: they ended at line 2 and other rows "
-            "came between",
-        )
+    assert events == [
+        ("item", "x", "1.jpg", 0, {}),
+        ("item", "x", "2.jpg", 0, {}),
+        ("end", f"folder:{tmp_path / 'x'}"),
+        ("item", "B", "y/1.jpg", 0, {}),
+        ("item", "B", "y/2.jpg", 0, {}),
+        ("end", "order:B"),
+        ("item", tmp_path.name, "top.jpg", 0, {}),
+        ("end", f"folder:{tmp_path}"),
     ]
 
 
-def test_duplicates_are_checked_within_each_order_a_large_group_is_split_into(
-    tmp_path: Path,
-) -> None:
+def test_an_id_or_a_file_appears_once_in_a_listing_whatever_its_size(tmp_path: Path) -> None:
     for n in range(1, 6):
         image(tmp_path, f"L/{n}.jpg")
     rows = "\n".join(f"L/{n}.jpg,{'dup' if n in (1, 4) else n}" for n in range(1, 6))
     path = manifest(tmp_path, f"path,client_image_id\n{rows}\n")
 
-    # Orders of 3: rows 1-3 and 4-5, so "dup" is in two orders; with 5 it is in one.
-    assert validate_manifest(path, max_images_per_order=3) == []
-    assert [(p.line, p.column) for p in validate_manifest(path, max_images_per_order=5)] == [
-        (5, "client_image_id")
-    ]
+    # The ledger knows an image by its listing and ID: split into orders of 3 or not.
+    for size in (3, 5):
+        problems = validate_manifest(path, max_images_per_order=size)
+        assert [(p.line, p.column) for p in problems] == [(5, "client_image_id")]
 
 
 def test_problems_are_capped_with_a_count_of_the_rest(tmp_path: Path) -> None:
@@ -455,29 +463,29 @@ def test_manifest_items_give_groups_items_errors_and_group_ends_in_file_order(
 
     events = list(manifest_items(path))
 
+    # Rows that cannot be used first, then each listing in the order the manifest names it.
     assert [describe(e) for e in events] == [
-        ("item", "Listing 1", "front", 5, {"basic_editing": True}),
-        ("item", "Listing 1", "b.png", 0, {}),
         ("error", str(job / "gone.jpg"), f"{path}:4: path: no such file"),
-        ("end", "Listing 1"),
-        ("item", "L2", "L2/c.jpg", 0, {}),
         (
             "error",
             str(job / "L2/d.jpg"),
             f'{path}:6: basic_editing: must be a boolean (true or false), not "maybe"',
         ),
-        ("end", "L2"),
-        # A file directly in the manifest's folder: the group is that folder's name.
-        ("item", "job-7", "top.jpg", 2, {}),
         (
             "error",
             str(job / "a.jpg"),
-            f"{path}:8: order: the rows of order 'Listing 1' must be together: they ended at "
-            "line 4 and other rows came between",
+            f"{path}:8: path: this file is already listed in this order (line 2)",
         ),
-        ("end", "job-7"),
+        ("item", "Listing 1", "front", 5, {"basic_editing": True}),
+        ("item", "Listing 1", "b.png", 0, {}),
+        ("end", "order:Listing 1"),
+        ("item", "L2", "c.jpg", 0, {}),
+        ("end", f"folder:{job / 'L2'}"),
+        # A file directly in the manifest's folder: the listing is that folder.
+        ("item", "job-7", "top.jpg", 2, {}),
+        ("end", f"folder:{job}"),
     ]
-    first = events[0]
+    first = events[3]
     assert isinstance(first, ImageItem)
     stat = (job / "a.jpg").stat()
     assert (first.path, first.relative, first.size, first.mtime_ns, first.content_type) == (
@@ -487,7 +495,7 @@ def test_manifest_items_give_groups_items_errors_and_group_ends_in_file_order(
         stat.st_mtime_ns,
         "image/jpeg",
     )
-    assert isinstance(events[1], ImageItem) and events[1].content_type == "image/png"
+    assert isinstance(events[4], ImageItem) and events[4].content_type == "image/png"
 
 
 def test_a_row_without_a_path_is_an_input_error_named_by_its_manifest_line(
@@ -497,7 +505,6 @@ def test_a_row_without_a_path_is_an_input_error_named_by_its_manifest_line(
 
     assert [describe(e) for e in manifest_items(path)] == [
         ("error", f"{path}:2", "path: no path: every row needs one"),
-        ("end", "L1"),
     ]
 
 
@@ -523,10 +530,10 @@ def test_manifest_sequences_pass_through_the_grouper_and_duplicates_become_error
 
     assert errors == [f"{path}:5: client_image_id: 'x' is already used in this order (line 4)"]
     (part,) = closed
-    assert part is not None and part.name == "L"
+    assert part is not None and (part.base_name, part.split) == ("L", False)
     assert [(i.client_image_id, i.sequence) for i in part.items] == [
-        ("L/1.jpg", 9),
-        ("L/2.jpg", 2),
+        ("1.jpg", 9),
+        ("2.jpg", 2),
         ("x", 3),
     ]
 
@@ -578,7 +585,7 @@ print(json.dumps(out))
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux's /proc")
-def test_a_million_row_manifest_streams_in_bounded_memory(tmp_path: Path) -> None:
+def test_an_interleaved_million_row_manifest_plans_in_bounded_memory(tmp_path: Path) -> None:
     # One real tiny file per place in an order, so no order lists a file twice.
     for k in range(PER_ORDER):
         image(tmp_path, f"photos/img-{k:03d}.jpg", b"\xff\xd8" + bytes([k]))
@@ -586,12 +593,13 @@ def test_a_million_row_manifest_streams_in_bounded_memory(tmp_path: Path) -> Non
     began = time.perf_counter()
     with path.open("w", encoding="utf-8") as out:
         out.write("path,client_image_id,order,sequence,basic_editing\n")
-        for order in range(ROWS // PER_ORDER):
+        # Sorted by position, not by order: no two rows of one order are next to each other.
+        for k in range(PER_ORDER):
             out.write(
                 "".join(
                     f"photos/img-{k:03d}.jpg,{order}-{k},listing-{order:05d},{k + 1},"
                     f"{'true' if k % 7 == 0 else ''}\n"
-                    for k in range(PER_ORDER)
+                    for order in range(ROWS // PER_ORDER)
                 )
             )
     written_s = time.perf_counter() - began

@@ -65,6 +65,8 @@ async def test_library_and_runner_give_the_same_report(
         "skipped": 1,
         "failed": 1,
         "already_done": 0,
+        "changed": 0,
+        "late": 0,
     }
     assert set(runner) >= {"images", "orders", "failures", "requests", "elapsed_s", "peak_rss_mb"}
     assert all(o["orderID"] for o in runner["orders"])
@@ -85,6 +87,8 @@ async def test_runner_exit_statuses_and_messages(
         "skipped": 0,
         "failed": 0,
         "already_done": 0,
+        "changed": 0,
+        "late": 0,
     }
 
     missing = await cli(

@@ -29,7 +29,7 @@ from styldod_batch.errors import StyldodError
 from styldod_batch.models import ImageItem, RequestCounters, UploadTarget
 from styldod_batch.runtime import run_async
 from styldod_batch.settings import Settings
-from styldod_batch.upload import FileUploader
+from styldod_batch.storage import FileUploader
 
 
 def load_job(path: str) -> list[tuple[ImageItem, UploadTarget]]:

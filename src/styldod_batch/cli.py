@@ -16,15 +16,15 @@ from styldod_batch.contract import OPTION_TYPES
 from styldod_batch.engine import ManifestSource, RunAborted, Uploader
 from styldod_batch.errors import AuthenticationError, ConfigurationError
 from styldod_batch.jobfile import load_job_file, merge_settings
-from styldod_batch.journal import Journal, iter_journals
-from styldod_batch.journal import default_path as journal_default_path
+from styldod_batch.ledger import Ledger, OrderRecord, SQLiteLedger, known_ledgers, open_ledger
+from styldod_batch.ledger import ledger_path as account_ledger_path
 from styldod_batch.manifest import option_problem, validate_manifest
 from styldod_batch.report import Report
 from styldod_batch.runtime import run_async
 from styldod_batch.scan import check_inputs
 from styldod_batch.settings import Settings, from_environment
 from styldod_batch.webhooks import WebhookReceiver
-from styldod_batch.workflow import FollowOptions, download_from_journal, run_job
+from styldod_batch.workflow import FollowOptions, download_from_ledger, run_job
 
 EXIT_OK = 0
 EXIT_FAILURES = 1
@@ -327,20 +327,36 @@ def _add_upload_parser(commands: argparse._SubParsersAction[argparse.ArgumentPar
         "--json", action="store_true", help="print one JSON report on stdout instead of the summary"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress line")
+    _add_state_args(p)
     p.add_argument(
-        "--journal",
-        type=Path,
-        metavar="PATH",
-        help="the job's journal (default: .styldod-batch/job-<inputs hash>.sqlite); "
-        "re-running the same command resumes the job",
-    )
-    p.add_argument(
-        "--no-journal", action="store_true", help="keep no journal: a re-run starts from scratch"
+        "--no-journal",
+        "--no-ledger",
+        dest="no_journal",
+        action="store_true",
+        help="keep no ledger: gives up exactly-once (a re-run uploads and orders everything again)",
     )
     p.add_argument(
         "--force",
         action="store_true",
-        help="use a journal written for another base URL, key or order settings",
+        help="use a ledger file written for another base URL or key",
+    )
+    p.add_argument(
+        "--no-follow-up",
+        action="store_true",
+        help="do not order new images of a listing that was ordered before (they are "
+        "reported as late); by default they go into a follow-up order '<listing> (2)'",
+    )
+    p.add_argument(
+        "--reorder-changed",
+        action="store_true",
+        help="order again an image whose content changed after it was ordered (by default "
+        "it is reported, never silently ordered again)",
+    )
+    p.add_argument(
+        "--follow-symlinks",
+        action="store_true",
+        help="follow links that lead outside the input folders (by default they are skipped "
+        "and named)",
     )
     p.add_argument(
         "--wait",
@@ -383,28 +399,36 @@ def _host_port(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _add_state_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--state",
+        "--journal",
+        dest="state",
+        metavar="PATH",
+        help="where the account's ledger lives: a folder (one ledger per account inside) or "
+        "a file (default: $STYLDOD_STATE, else $XDG_STATE_HOME/styldod-batch/); --journal is "
+        "another name for it",
+    )
+
+
 def _add_download_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = commands.add_parser(
         "download",
-        help="fetch the edited outputs of a job's finished orders",
-        description="Fetch every completed image's output_url recorded in a job's journal "
-        "into DIR/<order>/<image id>: streamed, written atomically, skipping "
+        help="fetch the edited outputs of the account's finished orders",
+        description="Fetch every completed image's output_url recorded in the account's "
+        "ledger into DIR/<listing>/<image id>: streamed, written atomically, skipping "
         "files already complete, retrying failures.",
     )
     p.add_argument("directory", type=Path, metavar="DIR")
-    p.add_argument(
-        "--journal",
-        type=Path,
-        metavar="PATH",
-        help="the job's journal (default: the one in .styldod-batch/)",
-    )
+    _add_state_args(p)
+    _add_connection_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON report")
     p.set_defaults(func=_cmd_download)
 
 
 def _cmd_download(args: argparse.Namespace) -> int:
-    path = args.journal or _single_journal()
-    report = run_async(download_from_journal(path, args.directory, Settings()))
+    settings = _existing_ledger(args)
+    report = run_async(download_from_ledger(settings, args.directory))
     return _finish(report, as_json=args.json)
 
 
@@ -425,11 +449,13 @@ def _add_webhooks_parser(commands: argparse._SubParsersAction[argparse.ArgumentP
         help="where to listen (default: 127.0.0.1:8765)",
     )
     serve.add_argument(
+        "--state",
         "--journal",
+        dest="state",
         type=Path,
         required=True,
-        metavar="PATH",
-        help="the journal to record events in",
+        metavar="FILE",
+        help="the ledger file to record events in (--journal is another name for it)",
     )
     serve.add_argument("--token", help="the secret path token (default: a new random one)")
     serve.set_defaults(func=_cmd_webhooks_serve)
@@ -437,7 +463,8 @@ def _add_webhooks_parser(commands: argparse._SubParsersAction[argparse.ArgumentP
 
 def _cmd_webhooks_serve(args: argparse.Namespace) -> int:
     async def serve() -> None:
-        journal = Journal.open(args.journal, identity={}, force=True)
+        # The receiver needs no key: it records into whichever account's ledger it is given.
+        journal = await SQLiteLedger.open(args.state, base_url="", api_key=None, force=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -449,20 +476,38 @@ def _cmd_webhooks_serve(args: argparse.Namespace) -> int:
                 print(f"Webhook URL: {receiver.url}", flush=True)
                 await stop.wait()
         finally:
-            await asyncio.to_thread(journal.close)
+            await journal.close()
 
     run_async(serve())
     return EXIT_OK
 
 
-def _single_journal() -> Path:
-    found = list(iter_journals())
+def _existing_ledger(args: argparse.Namespace) -> Settings:
+    """Settings that point at an existing ledger: the account's (key and base URL from the
+    environment or flags), or the only one in the state folder."""
+    settings = from_environment(
+        state=args.state,
+        base_url=getattr(args, "base_url", None),
+        api_key=getattr(args, "api_key", None),
+    )
+    if settings.api_key:
+        path = account_ledger_path(settings)
+        if not path.exists():
+            raise ConfigurationError(f"{path}: no ledger for this account yet")
+        return settings.with_changes(state=str(path), force_state=True)
+    found = known_ledgers(settings)
+    if len(found) == 1:
+        return settings.with_changes(state=str(found[0]), force_state=True)
     if not found:
-        raise ConfigurationError("no journal in .styldod-batch/: pass --journal PATH")
-    if len(found) > 1:
-        names = ", ".join(str(p) for p in found)
-        raise ConfigurationError(f"several journals ({names}): pass --journal PATH")
-    return found[0]
+        where = account_ledger_path(settings).parent
+        raise ConfigurationError(
+            f"no ledger in {where}: set STYLDOD_API_KEY (and STYLDOD_BASE_URL), or pass --state"
+        )
+    names = ", ".join(str(p) for p in found)
+    raise ConfigurationError(
+        f"several ledgers ({names}): set STYLDOD_API_KEY and STYLDOD_BASE_URL to pick the "
+        "account's, or pass --state FILE"
+    )
 
 
 def _add_connection_args(p: argparse.ArgumentParser) -> None:
@@ -502,6 +547,12 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         options=options,
         webhook_url=getattr(args, "webhook_url", None),
         dry_run=getattr(args, "dry_run", False) or None,
+        state=getattr(args, "state", None),
+        ledger=False if getattr(args, "no_journal", False) else None,
+        force_state=getattr(args, "force", False) or None,
+        follow_ups=False if getattr(args, "no_follow_up", False) else None,
+        reorder_changed=getattr(args, "reorder_changed", False) or None,
+        follow_symlinks=getattr(args, "follow_symlinks", False) or None,
     )
     job = getattr(args, "job", None)
     return from_environment(**(merge_settings(load_job_file(job), flags) if job else flags))
@@ -527,16 +578,11 @@ def _cmd_upload(args: argparse.Namespace) -> int:
                     "(fix them, or pass --skip-invalid to upload the valid rows)"
                 )
         source = ManifestSource(args.manifest)
-        inputs = [str(args.manifest)]
     else:
         check_inputs(args.paths)
-        source = inputs = args.paths
+        source = args.paths
     if settings.dry_run:
         return _dry_run(settings, source, args)
-    if not args.no_journal:
-        settings = settings.with_changes(
-            journal_path=args.journal or journal_default_path(inputs), force_journal=args.force
-        )
     show_progress = not args.no_progress and not args.json and sys.stderr.isatty()
     follow = FollowOptions(
         wait=args.wait,
@@ -657,13 +703,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
-def _image_outcome(journal: Journal, order_id: str, image: dict[str, Any]) -> dict[str, Any]:
+def _image_outcome(ledger: Ledger, order_id: str, image: dict[str, Any]) -> dict[str, Any]:
     outcome = {
         "client_image_id": image.get("client_image_id"),
         "image_status": image.get("image_status"),
         "output_url": image.get("output_url"),
     }
-    done = journal.output(order_id, str(image.get("client_image_id")))
+    done = ledger.output(order_id, str(image.get("client_image_id")))
     if done is not None:
         outcome["downloaded_to"] = done[0]
     return outcome
@@ -672,61 +718,95 @@ def _image_outcome(journal: Journal, order_id: str, image: dict[str, Any]) -> di
 def _add_status_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = commands.add_parser(
         "status",
-        help="what a job's journal knows: counts, orders, failures",
-        description="Show a job's journal: images by state, each order with its ID and "
-        "status, and the failures with their reasons. Sends nothing.",
+        help="what the account's ledger knows: listings, orders, images, failures",
+        description="Show the account's ledger: per listing its orders (state, status, ID), "
+        "its images by state, and any late or changed images; then the failures. "
+        "Sends nothing.",
     )
-    p.add_argument(
-        "--journal",
-        type=Path,
-        metavar="PATH",
-        help="the journal (default: the one in .styldod-batch/)",
-    )
+    _add_state_args(p)
+    _add_connection_args(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_status)
 
 
-def _cmd_status(args: argparse.Namespace) -> int:
-    path = args.journal or _single_journal()
-    if not path.exists():
-        raise ConfigurationError(f"{path}: no such journal")
-    journal = Journal.open(path, identity={}, read_only=True)
+def _order_status(ledger: Ledger, order: OrderRecord, events: list[str]) -> dict[str, Any]:
+    return {
+        "key": order.name,
+        "orderID": order.order_id,
+        "images": order.images,
+        "state": order.state,
+        "status": order.status,
+        "error": order.error,
+        "follow_up": order.batch > 1 and order.listing_id is not None,
+        "events": events,
+        "outputs": [_image_outcome(ledger, order.order_id, image) for image in order.image_list]
+        if order.order_id
+        else [],
+    }
+
+
+async def _read_status(settings: Settings) -> dict[str, Any]:
+    ledger = await open_ledger(settings, read_only=True)
     try:
-        counts = journal.counts()
-        orders: list[dict[str, Any]] = [
-            {
-                "key": o.order_key,
-                "orderID": o.order_id,
-                "images": o.images,
-                "state": o.state,
-                "status": o.status,
-                "error": o.error,
-                "events": journal.events(o.order_id) if o.order_id else [],
-                "outputs": [_image_outcome(journal, o.order_id, image) for image in o.image_list]
-                if o.order_id
-                else [],
-            }
-            for o in journal.orders()
-        ]
-        failures = [{"path": p, "error": e} for p, e in journal.failures()]
+        listings = await ledger.listings()
+        orders = {}
+        for order in await ledger.orders():
+            events = await ledger.events(order.order_id) if order.order_id else []
+            orders[order.ref] = _order_status(ledger, order, events)
+        counts: dict[str, int] = {}
+        shown_listings = []
+        for view in listings:
+            states: dict[str, int] = {}
+            for image in view.images.values():
+                states[image.state] = states.get(image.state, 0) + 1
+                counts[image.state] = counts.get(image.state, 0) + 1
+            shown_listings.append(
+                {
+                    "name": view.listing.name,
+                    "identity": view.listing.identity,
+                    "download_folder": view.label,
+                    "images": states,
+                    "orders": [orders[ref] for ref in sorted(view.orders) if ref in orders],
+                    "late": sorted(i.path for i in view.images.values() if i.state == "late"),
+                    "changed": sorted(i.path for i in view.images.values() if i.state == "changed"),
+                }
+            )
+        failures = [{"path": p, "error": e} for p, e in await ledger.failures()]
     finally:
-        journal.close()
+        await ledger.close()
+    return {
+        "ledger": ledger.location,
+        "images": counts,
+        "orders": list(orders.values()),
+        "listings": shown_listings,
+        "failures": failures,
+    }
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    body = run_async(_read_status(_existing_ledger(args)))
     if args.json:
-        body = {"journal": str(path), "images": counts, "orders": orders, "failures": failures}
         sys.stdout.write(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode() + "\n")
         return EXIT_OK
-    print(f"Journal: {path}")
+    counts = body["images"]
+    print(f"Ledger: {body['ledger']}")
     print("Images: " + (", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "none"))
-    print(f"Orders: {len(orders)}")
-    for o in orders:
-        detail = o["orderID"] or o["error"] or ""
-        print(f"  {o['key']:<40} {o['images']:>4} images  {o['status'] or o['state']:<16} {detail}")
-        for image in o["outputs"]:
-            where = image.get("downloaded_to") or image.get("output_url") or ""
-            print(f"      {image['client_image_id']:<44} {image['image_status']:<10} {where}")
-    if failures:
+    print(f"Listings: {len(body['listings'])}, orders: {len(body['orders'])}")
+    for listing in body["listings"]:
+        print(f"  {listing['name']}  ({listing['identity']})")
+        for o in listing["orders"]:
+            detail = o["orderID"] or o["error"] or ""
+            state = o["status"] or o["state"]
+            print(f"    {o['key']:<38} {o['images']:>4} images  {state:<16} {detail}")
+            for image in o["outputs"]:
+                where = image.get("downloaded_to") or image.get("output_url") or ""
+                print(f"        {image['client_image_id']:<42} {image['image_status']:<10} {where}")
+        for kind in ("late", "changed"):
+            if listing[kind]:
+                print(f"    {kind}: " + ", ".join(listing[kind]))
+    if body["failures"]:
         print("Failures:")
-        for f in failures:
+        for f in body["failures"]:
             print(f"  {f['path']}: {f['error']}")
     return EXIT_OK
 

@@ -98,6 +98,8 @@ async def run_demo(
                 api_key=sandbox.api_key,
                 webhook_url=hooks.url,
                 options={"basic_editing": True},
+                # A throw-away sandbox account: its ledger goes with it.
+                state=Path(scratch) / "state",
             )
 
             def on_order(order: OrderResult) -> None:

@@ -1,9 +1,15 @@
-"""The pipeline: scan -> pre-sign (<=50 per call, just in time) -> upload -> orders.
+"""The pipeline: scan -> claim and classify -> pre-sign (<=50 per call, just in time) ->
+upload -> orders.
 
 Stages are joined by bounded queues, so a folder of a million files is never a million
 tasks or a million-entry list: the scanner blocks when the uploaders lag. Every request,
 API or storage, passes a rate budget; an order is created as soon as its own images are
 settled, with no global barrier.
+
+Exactly-once rests on the account's ledger: a run claims each listing before it touches it
+(another run's listings wait until that run lets go, or its claim runs out), each image is
+classified by what the ledger knows of it (``rerun.py``), and each order's key and body are
+written ahead of its first send and reused by every later attempt.
 """
 
 from __future__ import annotations
@@ -12,14 +18,15 @@ import asyncio
 import contextlib
 import os
 import queue
+import re
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
@@ -30,20 +37,35 @@ from styldod_batch.errors import (
     APIError,
     AuthenticationError,
     BadRequest,
+    Conflict,
     InputError,
-    NetworkError,
     PermissionDenied,
+    RateLimited,
     StyldodError,
     UnprocessableEntity,
     UploadURLExpired,
 )
-from styldod_batch.journal import Journal
-from styldod_batch.manifest import manifest_items
+from styldod_batch.ledger import (
+    ClaimLost,
+    Held,
+    ImageRecord,
+    Ledger,
+    LedgerError,
+    Listing,
+    ListingView,
+    OrderDraft,
+    OrderItem,
+    OrderOutcome,
+    OrderRecord,
+    Owner,
+    open_ledger,
+)
 from styldod_batch.models import ImageItem, ImageResult, OrderResult, UploadTarget
-from styldod_batch.orders import Grouper, OrderPart, effective_options, order_payload
+from styldod_batch.orders import Grouper, OrderPart, item_key, order_name, order_payload
 from styldod_batch.report import Report, peak_rss_mb
+from styldod_batch.rerun import Verdict, classify
 from styldod_batch.retry import retrying
-from styldod_batch.scan import GroupEnd, ScanEvent, Skipped, check_inputs, scan
+from styldod_batch.scan import FolderScan, GroupEnd, ScanEvent, Skipped
 from styldod_batch.settings import Settings
 
 ImageCallback = Callable[[ImageResult], None]
@@ -66,6 +88,9 @@ _EMPTY = object()
 SCAN_BATCH = 256
 ORDER_WORKERS = 4
 PRESIGN_WORKERS = 2
+# How often a run looks again at a listing another run holds.
+CLAIM_POLL_S = 0.25
+_IMAGE_PARAM = re.compile(r"image_list\[(\d+)\]")
 
 
 class RunAborted(StyldodError):
@@ -81,6 +106,8 @@ class Uploader:
     """``async with Uploader(settings) as up: report = await up.run(paths)``.
 
     ``on_image`` and ``on_order`` receive each result as it happens; ``stream`` yields them.
+    Every run keeps the account's ledger (``Settings.state``) unless ``Settings.ledger`` is
+    False, which gives up exactly-once across runs.
     """
 
     def __init__(
@@ -112,7 +139,7 @@ class Uploader:
         self.api: OrderAPIClient | None = None
         self._file_uploader: Any = None
         self.last_report: Report | None = None
-        self.journal: Journal | None = None
+        self.ledger: Ledger | None = None
         self.stopping = asyncio.Event()
         self._current: _Run | None = None
 
@@ -124,22 +151,19 @@ class Uploader:
     @property
     def current_report(self) -> Report | None:
         """The report of the run in progress (or the last one), as it stands."""
-        return self._current.report if self._current is not None else self.last_report
+        if self._current is None:
+            return self.last_report
+        return self._current.snapshot()
 
     def request_stop(self) -> None:
         """Stop taking new work; what is in flight finishes within ``stop_grace_s``."""
         self.stopping.set()
 
     async def __aenter__(self) -> Uploader:
+        self.ledger = await open_ledger(self.settings, read_only=self.settings.dry_run)
         if self.settings.dry_run:
             return self
-        if self.settings.journal_path is not None:
-            self.journal = Journal.open(
-                self.settings.journal_path,
-                identity=self.settings.journal_identity(),
-                force=self.settings.force_journal,
-            )
-        from styldod_batch.upload import FileUploader
+        from styldod_batch.storage import FileUploader
 
         connector = aiohttp.TCPConnector(
             # API calls and downloads (PUTs have a pool of their own in FileUploader).
@@ -147,7 +171,9 @@ class Uploader:
             ttl_dns_cache=300,
             enable_cleanup_closed=True,
         )
-        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+        self._session = aiohttp.ClientSession(
+            connector=connector, auto_decompress=False, trust_env=True
+        )
         self.api = OrderAPIClient(self._session, self.settings, self.api_budget, self.counters)
         self._file_uploader = FileUploader(self.settings, self.storage_budget, self.counters)
         return self
@@ -164,19 +190,33 @@ class Uploader:
         if self._session is not None:
             await self._session.close()
             self._session = None
-        if self.journal is not None:
-            await asyncio.to_thread(self.journal.close)
-            self.journal = None
+        if self.ledger is not None:
+            await self.ledger.close()
+            self.ledger = None
 
     async def run(self, source: Source) -> Report:
         """Upload every image of ``source`` and place its orders; returns the final report.
 
         Raises ``RunAborted`` (carrying the report so far) when the API refuses the key.
         """
-        if not isinstance(source, AsyncIterable | ManifestSource):
-            check_inputs(source)
-        run = self._current = _Run(self)
-        report = await run.execute(source)
+        if self.ledger is None:
+            raise StyldodError("use the Uploader inside 'async with Uploader(settings) as up'")
+        feed = _feed_for(source, self.settings)
+        if self.settings.dry_run:
+            from styldod_batch.plan import plan_run
+
+            report = await plan_run(
+                feed,
+                self.settings,
+                self.ledger,
+                global_options=self.global_options,
+                on_plan=self.on_plan,
+                on_image=self.on_image,
+                on_order=self.on_order,
+            )
+        else:
+            run = self._current = _Run(self, self.ledger)
+            report = await run.execute(feed)
         self.last_report = report
         return report
 
@@ -203,14 +243,91 @@ class Uploader:
                     await task
 
 
-class _Run:
-    """The state of one run: queues, groups in progress, the report."""
+# -- sources ---------------------------------------------------------------------------------
 
-    def __init__(self, uploader: Uploader) -> None:
+
+class Feed(Protocol):
+    """A run's input: its scan events, and (when ``can_relist``) one listing's events again."""
+
+    can_relist: bool
+
+    def events(self) -> AsyncIterator[ScanEvent]: ...
+
+    def relist(self, listing: str) -> AsyncIterator[ScanEvent]: ...
+
+
+class _FolderFeed:
+    can_relist = True
+
+    def __init__(self, scan: FolderScan) -> None:
+        self.scan = scan
+
+    def events(self) -> AsyncIterator[ScanEvent]:
+        return threaded(self.scan.events)
+
+    def relist(self, listing: str) -> AsyncIterator[ScanEvent]:
+        return threaded(lambda: self.scan.relist(listing))
+
+
+class _ItemFeed:
+    """Items from the caller: they cannot be listed again, so a listing another run holds is
+    waited for where it is met."""
+
+    can_relist = False
+
+    def __init__(self, items: AsyncIterable[ImageItem]) -> None:
+        self.items = items
+
+    async def events(self) -> AsyncIterator[ScanEvent]:
+        async for item in self.items:
+            yield item
+
+    def relist(self, listing: str) -> AsyncIterator[ScanEvent]:
+        raise NotImplementedError("items from the caller cannot be listed again")
+
+
+def _feed_for(source: Source, settings: Settings) -> Feed:
+    if isinstance(source, ManifestSource):
+        from styldod_batch.manifest import ManifestFeed
+
+        return ManifestFeed(source.path, max_images_per_order=settings.order_size)
+    if isinstance(source, AsyncIterable):
+        return _ItemFeed(source)
+    return _FolderFeed(FolderScan(source, follow_symlinks=settings.follow_symlinks))
+
+
+# -- one run ---------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _ListingRun:
+    """A listing this run holds: what the ledger knew of it, and what is still open."""
+
+    view: ListingView
+    ordered_before: bool
+    # The batch this run's orders of it take (chosen at its first order).
+    batch: int | None = None
+    # Its parts (and re-sent orders) not yet done.
+    open: int = 0
+    ended: bool = False
+    reported: set[int] = field(default_factory=set)
+
+    @property
+    def listing_id(self) -> int:
+        assert self.view.listing_id is not None
+        return self.view.listing_id
+
+
+class _Run:
+    """The state of one run: queues, listings held, groups in progress, the report."""
+
+    def __init__(self, uploader: Uploader, ledger: Ledger) -> None:
         self.up = uploader
-        self.journal = uploader.journal
+        self.ledger = ledger
         self.settings = uploader.settings
-        self.report = Report(requests=uploader.counters, dry_run=self.settings.dry_run)
+        self.owner = Owner.for_this_run()
+        self.report = Report(requests=RequestCounters())
+        self._counted_from = uploader.counters.as_dict()
         self.grouper = Grouper(
             order_size=self.settings.order_size, by_folder=self.settings.order_by == "folder"
         )
@@ -226,101 +343,297 @@ class _Run:
         self.order_slots = asyncio.Semaphore(ORDER_WORKERS)
         self.group: asyncio.TaskGroup | None = None
         self.started = time.monotonic()
+        self.listings: dict[str, _ListingRun] = {}
+        # Listings another run held when met: skipped, then waited for at the end.
+        self.held: dict[str, str] = {}
+        self.deferred: list[str] = []
+        self._batch_numbers: int | None = None
 
-    async def execute(self, source: Source) -> Report:
+    async def execute(self, feed: Feed) -> Report:
+        keeper = asyncio.create_task(self._keep_claims())
         try:
             async with asyncio.TaskGroup() as group:
                 self.group = group
-                group.create_task(self._feed(source))
-                if not self.settings.dry_run:
-                    presigners = [
-                        group.create_task(self._presign_worker()) for _ in range(PRESIGN_WORKERS)
-                    ]
-                    workers = [
-                        group.create_task(self._upload_worker())
-                        for _ in range(self.settings.concurrency)
-                    ]
-                    group.create_task(self._finish_stages(presigners, workers))
+                group.create_task(self._feed(feed))
+                presigners = [
+                    group.create_task(self._presign_worker()) for _ in range(PRESIGN_WORKERS)
+                ]
+                workers = [
+                    group.create_task(self._upload_worker())
+                    for _ in range(self.settings.concurrency)
+                ]
+                group.create_task(self._finish_stages(presigners, workers))
                 # Order tasks join the group as their images settle; it ends with the last.
         except* (AuthenticationError, PermissionDenied) as fatal:
             self._finish_report()
             cause = fatal.exceptions[0]
             assert isinstance(cause, APIError)
             raise RunAborted(cause, self.report) from None
+        except* LedgerError as broken:
+            raise broken.exceptions[0] from None
         finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
             self.report.interrupted = self.up.stopping.is_set()
+            with contextlib.suppress(StyldodError):
+                await self.ledger.release(self.owner)
+                await self.ledger.flush()
+        return self._finish_report()
+
+    def snapshot(self) -> Report:
+        """The report as it stands (counts and time brought up to date)."""
         return self._finish_report()
 
     def _finish_report(self) -> Report:
+        now = self.up.counters.as_dict()
+        counted = self.report.requests
+        counted.api, counted.storage, counted.retries, counted.rate_limited = (
+            now[name] - self._counted_from[name]
+            for name in ("api", "storage", "retries", "rate_limited")
+        )
         self.report.elapsed_s = time.monotonic() - self.started
         self.report.peak_rss_mb = peak_rss_mb()
         return self.report
 
-    # -- stage 1: scan and group ------------------------------------------------------------
+    async def _keep_claims(self) -> None:
+        """Renew this run's leases well before they run out."""
+        while True:
+            await asyncio.sleep(self.settings.lease_s / 3)
+            with contextlib.suppress(StyldodError):
+                await self.ledger.renew(self.owner, self.settings.lease_s)
 
-    async def _feed(self, source: Source) -> None:
+    # -- stage 1: scan, claim, classify, group -----------------------------------------------
+
+    async def _feed(self, feed: Feed) -> None:
         stopping = self.up.stopping
-        async for event in _events(source, self.settings.order_size):
+        async for event in feed.events():
             if stopping.is_set():
                 break
-            if isinstance(event, ImageItem):
-                part, closed = self.grouper.add(event)
-                if closed is not None:
-                    self._closed(closed)
-                done = self._already_uploaded(event, part)
-                if done is not None:
-                    self._settle(part, done)
-                elif self.settings.dry_run:
-                    self._image(
-                        ImageResult(
-                            event.path,
-                            "planned",
-                            event.client_image_id,
-                            size=event.size,
-                            group=part.group,
-                        )
-                    )
-                    part.results[event.path] = ImageResult(event.path, "planned")
-                else:
-                    await self.planned.put((event, part))
-            elif isinstance(event, GroupEnd):
-                closed = self.grouper.end_group(event.group)
-                if closed is not None:
-                    self._closed(closed)
-            elif isinstance(event, Skipped):
-                self._image(ImageResult(event.path, "skipped", error=event.reason))
-            elif isinstance(event, InputError):
-                self._image(ImageResult(event.path, "failed", error=event.reason))
-                if self.journal is not None:
-                    self.journal.record_input(event.path, 0, 0, state="failed", error=event.reason)
+            await self._take(event, feed)
         if not stopping.is_set():
-            for part in self.grouper.end_all():
-                self._closed(part)
+            self._end_all()
+            # Listings another run held: wait for each to be let go, then take what is left.
+            while self.deferred and not stopping.is_set():
+                listing = self.deferred.pop(0)
+                self.held.pop(listing, None)
+                if await self._wait_for(listing) is None:
+                    break
+                async for event in feed.relist(listing):
+                    if stopping.is_set():
+                        break
+                    await self._take(event, feed)
+            self._end_all()
         for _ in range(PRESIGN_WORKERS):
             await self.planned.put(_DONE)
 
-    def _already_uploaded(self, item: ImageItem, part: OrderPart) -> ImageResult | None:
-        """The journal's record of ``item``, when an earlier run uploaded it unchanged."""
-        if self.journal is None:
+    async def _take(self, event: ScanEvent, feed: Feed) -> None:
+        if isinstance(event, ImageItem):
+            state = self.listings.get(event.listing)
+            if state is None:
+                if event.listing in self.held:
+                    return  # another run holds it: its turn comes at the end
+                state = await self._enter(event, feed)
+                if state is None:
+                    return
+            await self._route(event, state)
+        elif isinstance(event, GroupEnd):
+            self.held.pop(event.group, None)
+            ending = self.listings.get(event.group)
+            if ending is not None:
+                ending.ended = True
+                closed = self.grouper.end_group(event.group)
+                if closed is not None:
+                    self._closed(closed)
+                await self._maybe_release(event.group)
+        elif isinstance(event, Skipped):
+            self._image(ImageResult(event.path, "skipped", error=event.reason))
+        elif isinstance(event, InputError):
+            self._image(ImageResult(event.path, "failed", error=event.reason))
+            self.ledger.record_failure(_absolute(event.path), event.reason)
+
+    async def _enter(self, item: ImageItem, feed: Feed) -> _ListingRun | None:
+        """Claim ``item``'s listing; None when another run holds it (it is then deferred)."""
+        listing = Listing(item.listing, item.group)
+        claimed = await self.ledger.claim(listing, self.owner, self.settings.lease_s)
+        if not isinstance(claimed, Held):
+            return self._holding(claimed)
+        if feed.can_relist:
+            self.held[item.listing] = claimed.holder
+            self.deferred.append(item.listing)
             return None
-        row = self.journal.input(item.path)
-        if (
-            row is None
-            or row.state != "uploaded"
-            or row.image_url is None
-            or (row.size, row.mtime_ns) != (item.size, item.mtime_ns)
-        ):
-            return None
-        return ImageResult(
-            item.path,
-            "uploaded",
-            item.client_image_id,
-            group=part.group,
-            image_url=row.image_url,
-            md5=row.md5,
-            size=item.size,
-            resumed=True,
+        return await self._wait_for(item.listing, name=item.group)
+
+    async def _wait_for(self, identity: str, name: str = "") -> _ListingRun | None:
+        """Wait until the run holding a listing lets go (or its claim runs out), then claim it.
+        None when this run is stopped meanwhile."""
+        listing = Listing(identity, name or _listing_name(identity))
+        while not self.up.stopping.is_set():
+            claimed = await self.ledger.claim(listing, self.owner, self.settings.lease_s)
+            if not isinstance(claimed, Held):
+                return self._holding(claimed)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.up.stopping.wait(), CLAIM_POLL_S)
+        return None
+
+    def _holding(self, view: ListingView) -> _ListingRun:
+        state = self.listings[view.listing.identity] = _ListingRun(
+            view, ordered_before=view.ordered_before
         )
+        for order in view.unsettled_orders():
+            # Sent before, outcome unknown: asked again with its own key and body.
+            state.open += 1
+            assert self.group is not None
+            self.group.create_task(self._resend(state, order))
+        return state
+
+    async def _route(self, item: ImageItem, state: _ListingRun) -> None:
+        view = state.view
+        record = view.images.get(item.client_image_id)
+        try:
+            verdict, md5 = await classify(
+                item,
+                record,
+                listing_ordered_before=state.ordered_before,
+                follow_ups=self.settings.follow_ups,
+                reorder_changed=self.settings.reorder_changed,
+            )
+        except InputError as exc:
+            self._image(ImageResult(item.path, "failed", item.client_image_id, error=exc.reason))
+            return
+        if verdict is Verdict.ORDERED:
+            assert record is not None and record.order_ref is not None
+            order = view.orders.get(record.order_ref)
+            if (record.size, record.mtime_ns) != (item.size, item.mtime_ns):
+                self._remember(state, item, md5, record.image_url, "ordered")
+            self._already_ordered(state, item, order)
+        elif verdict is Verdict.CHANGED:
+            assert record is not None and record.order_ref is not None
+            order = view.orders.get(record.order_ref)
+            self._remember(state, item, md5, None, "changed")
+            self._image(
+                ImageResult(
+                    item.path,
+                    "changed",
+                    item.client_image_id,
+                    group=item.group,
+                    order=order.name if order else None,
+                    error="its content changed after it was ordered"
+                    f"{f' in {order.name}' if order else ''}: not ordered again "
+                    "(--reorder-changed orders it again)",
+                )
+            )
+        elif verdict is Verdict.LATE:
+            self._remember(state, item, None, None, "late")
+            self._image(
+                ImageResult(
+                    item.path,
+                    "late",
+                    item.client_image_id,
+                    group=item.group,
+                    error=f"new in {item.group}, which was ordered before: not ordered "
+                    "(follow-up orders are turned off)",
+                )
+            )
+        elif verdict is Verdict.REUSE:
+            assert record is not None
+            part = self._group(item)
+            self._settle(
+                part,
+                item,
+                ImageResult(
+                    item.path,
+                    "uploaded",
+                    item.client_image_id,
+                    group=item.group,
+                    image_url=record.image_url,
+                    md5=record.md5,
+                    size=item.size,
+                    resumed=True,
+                ),
+            )
+        else:
+            await self.planned.put((item, self._group(item)))
+
+    def _remember(
+        self, state: _ListingRun, item: ImageItem, md5: str | None, url: str | None, kind: str
+    ) -> None:
+        self.ledger.record_image(
+            state.listing_id,
+            ImageRecord(
+                item.client_image_id,
+                _absolute(item.path),
+                item.size,
+                item.mtime_ns,
+                md5,
+                url,
+                kind,
+            ),
+        )
+
+    def _already_ordered(
+        self, state: _ListingRun, item: ImageItem, order: OrderRecord | None
+    ) -> None:
+        self._image(
+            ImageResult(
+                item.path,
+                "ordered",
+                item.client_image_id,
+                group=item.group,
+                resumed=True,
+                order=order.name if order else None,
+            )
+        )
+        if order is None or order.ref in state.reported or order.state == "sent":
+            return  # an order being asked about again is reported when the answer comes
+        state.reported.add(order.ref)
+        self._order(
+            OrderResult(
+                order.name,
+                "created" if order.state == "created" else "failed",
+                order.images,
+                order_id=order.order_id,
+                order_status=order.status,
+                idempotency_key=order.idempotency_key,
+                error=order.error if order.state != "created" else None,
+                resumed=True,
+                listing=state.view.listing.name,
+                label=order.label,
+                follow_up=order.batch > 1,
+            )
+        )
+
+    def _group(self, item: ImageItem) -> OrderPart:
+        part, closed = self.grouper.add(item)
+        if len(part.items) == 1 or all(i.listing != item.listing for i in part.items[:-1]):
+            self.listings[item.listing].open += 1  # this part is now one of its listing's
+        if closed is not None:
+            self._closed(closed)
+        return part
+
+    def _end_all(self) -> None:
+        for part in self.grouper.end_all():
+            self._closed(part)
+        for state in self.listings.values():
+            state.ended = True
+        for identity in list(self.listings):
+            if self.listings[identity].open == 0:
+                assert self.group is not None
+                self.group.create_task(self._maybe_release(identity))
+
+    async def _maybe_release(self, identity: str) -> None:
+        state = self.listings.get(identity)
+        if state is None or not state.ended or state.open:
+            return
+        del self.listings[identity]
+        await self.ledger.release(self.owner, state.listing_id)
+
+    async def _part_done(self, part: OrderPart) -> None:
+        for identity in part.listings:
+            state = self.listings.get(identity)
+            if state is not None:
+                state.open -= 1
+                await self._maybe_release(identity)
 
     # -- stage 2: pre-sign just in time ------------------------------------------------------
 
@@ -354,27 +667,13 @@ class _Run:
                     await self._presign([one])
                 return
             item, part = batch[0]
-            self._settle(
-                part,
-                ImageResult(
-                    item.path, "failed", item.client_image_id, group=part.group, error=str(exc)
-                ),
-            )
+            self._failed(part, item, str(exc))
             return
         except (AuthenticationError, PermissionDenied):
             raise
         except StyldodError as exc:
             for item, part in batch:
-                self._settle(
-                    part,
-                    ImageResult(
-                        item.path,
-                        "failed",
-                        item.client_image_id,
-                        group=part.group,
-                        error=f"no upload URL: {exc}",
-                    ),
-                )
+                self._failed(part, item, f"no upload URL: {exc}")
             return
         for (item, part), target in zip(batch, targets, strict=True):
             await self.ready.put((item, part, target))
@@ -387,20 +686,23 @@ class _Run:
                 continue
             item, part, target = job  # type: ignore[misc]
             result = await self._upload(item, part, target)
-            if self.journal is not None:
-                self.journal.record_input(
-                    item.path,
-                    item.size,
-                    item.mtime_ns,
-                    state=result.status,
-                    md5=result.md5,
-                    client_image_id=item.client_image_id,
-                    group_key=part.group,
-                    image_url=result.image_url,
+            state = self.listings.get(item.listing)
+            if state is not None:
+                self.ledger.record_image(
+                    state.listing_id,
+                    ImageRecord(
+                        item.client_image_id,
+                        _absolute(item.path),
+                        item.size,
+                        item.mtime_ns,
+                        result.md5,
+                        result.image_url,
+                        "uploaded" if result.status == "uploaded" else "failed",
+                    ),
                     attempts=result.attempts,
                     error=result.error,
                 )
-            self._settle(part, result)
+            self._settle(part, item, result)
 
     async def _upload(self, item: ImageItem, part: OrderPart, target: UploadTarget) -> ImageResult:
         api = self.up.api
@@ -420,7 +722,7 @@ class _Run:
             return md5
 
         def count_retry(_exc: BaseException) -> None:
-            self.report.requests.retries += 1
+            self.up.counters.retries += 1
 
         try:
             md5 = await retrying(
@@ -434,7 +736,7 @@ class _Run:
                 item.path,
                 "failed",
                 item.client_image_id,
-                group=part.group,
+                group=item.group,
                 attempts=attempts,
                 error=reason,
             )
@@ -442,7 +744,7 @@ class _Run:
             item.path,
             "uploaded",
             item.client_image_id,
-            group=part.group,
+            group=item.group,
             image_url=current.image_url,
             md5=md5,
             size=item.size,
@@ -464,8 +766,15 @@ class _Run:
         if self.up.on_image is not None:
             self.up.on_image(result)
 
-    def _settle(self, part: OrderPart, result: ImageResult) -> None:
-        part.results[result.path] = result
+    def _failed(self, part: OrderPart, item: ImageItem, error: str) -> None:
+        self._settle(
+            part,
+            item,
+            ImageResult(item.path, "failed", item.client_image_id, item.group, error=error),
+        )
+
+    def _settle(self, part: OrderPart, item: ImageItem, result: ImageResult) -> None:
+        part.results[item_key(item)] = result
         self._image(result)
         if part.settled:
             self._place(part)
@@ -476,104 +785,125 @@ class _Run:
 
     def _place(self, part: OrderPart) -> None:
         if self.up.stopping.is_set():
-            return  # a re-run places it
+            return  # a re-run places it: its uploads are in the ledger
         assert self.group is not None
-        self.group.create_task(self._create_order(part), name=f"order {part.name}")
+        self.group.create_task(self._create_order(part), name=f"order {part.base_name}")
 
     async def _create_order(self, part: OrderPart) -> None:
-        assert part.name is not None
-        name = part.name
-        if self.settings.dry_run:
-            if self.up.on_plan is not None:
-                self.up.on_plan(self._plan(part))
-            self._order(OrderResult(name, "planned", len(part.items)))
+        try:
+            await self._place_order(part)
+        finally:
+            await self._part_done(part)
+
+    async def _place_order(self, part: OrderPart) -> None:
+        states = {identity: self.listings[identity] for identity in part.listings}
+        batch = await self._batch_of(part, states)
+        name = order_name(part.base_name, batch, part.number, split=part.split)
+        payload = order_payload(
+            part, name, options=self.settings.options, webhook_url=self.settings.webhook_url
+        )
+        images = payload["image_list"]
+        state = states.get(part.listing)
+        result = OrderResult(
+            name,
+            "failed",
+            len(images),
+            listing=part.base_name,
+            label=state.view.label if state else name,
+            follow_up=batch > 1 and bool(part.listing),
+        )
+        if not images:
+            result.error = "no image of this order was uploaded"
+            self._order(result)
             return
-        journal = self.journal
-        earlier = journal.order(name) if journal is not None else None
-        if earlier is not None and earlier.state == "created":
-            self._order(
-                OrderResult(
-                    name,
-                    "created",
-                    earlier.images,
-                    order_id=earlier.order_id,
-                    order_status=earlier.status,
-                    idempotency_key=earlier.idempotency_key,
-                    resumed=True,
-                )
+        items = [
+            OrderItem(
+                states[item.listing].listing_id,
+                item.client_image_id,
+                str(part.results[item_key(item)].md5),
+                _absolute(item.path),
             )
-            return
-        if earlier is not None and earlier.state == "sent":
-            # The outcome of the earlier request is unknown: the same key and the same body.
-            body, key, count = earlier.body, earlier.idempotency_key, earlier.images
-        else:
-            payload = order_payload(
-                part, options=self.settings.options, webhook_url=self.settings.webhook_url
-            )
-            count = len(payload["image_list"])
-            if count == 0:
-                self._order(
-                    OrderResult(name, "failed", 0, error="no image of this order was uploaded")
-                )
+            for item in sorted(part.items, key=lambda i: i.sequence)
+            if part.results[item_key(item)].status == "uploaded"
+        ]
+        body, key = orjson.dumps(payload), str(uuid.uuid4())
+        draft = OrderDraft(
+            state.listing_id if state else None, batch, part.number, name, body, key, items
+        )
+        async with self.order_slots:
+            try:
+                ref = await self.ledger.write_order_ahead(self.owner, draft)
+            except ClaimLost as exc:
+                result.error = str(exc)
+                self._order(result)
                 return
-            body, key = orjson.dumps(payload), str(uuid.uuid4())
+            await self._send(result, ref, body, key, items)
+
+    async def _batch_of(self, part: OrderPart, states: dict[str, _ListingRun]) -> int:
+        if not part.listing:  # fixed-size batches are numbered across the account
+            if self._batch_numbers is None:
+                self._batch_numbers = await self.ledger.next_batch(None)
+            else:
+                self._batch_numbers += 1
+            return self._batch_numbers
+        state = states[part.listing]
+        if state.batch is None:
+            state.batch = await self.ledger.next_batch(state.listing_id)
+        return state.batch
+
+    async def _resend(self, state: _ListingRun, order: OrderRecord) -> None:
+        """An order sent before whose outcome is unknown: the same key, the same body."""
+        result = OrderResult(
+            order.name,
+            "failed",
+            order.images,
+            listing=state.view.listing.name,
+            label=order.label,
+            follow_up=order.batch > 1,
+        )
+        state.reported.add(order.ref)
+        try:
+            async with self.order_slots:
+                await self._send(result, order.ref, order.body, order.idempotency_key, [])
+        finally:
+            state.open -= 1
+            await self._maybe_release(state.view.listing.identity)
+
+    async def _send(
+        self, result: OrderResult, ref: int, body: bytes, key: str, items: list[OrderItem]
+    ) -> None:
         api = self.up.api
         assert api is not None
-        async with self.order_slots:
-            if journal is not None and (earlier is None or earlier.state == "failed"):
-                await journal.write_order_ahead(name, body, key, count)
-            try:
-                answer, replayed = await api.create_order(body, key)
-            except (AuthenticationError, PermissionDenied):
-                raise
-            except NetworkError as exc:
-                # Unknown outcome: the journal keeps it as sent, so a re-run asks again.
-                self._order(
-                    OrderResult(
-                        name,
-                        "failed",
-                        count,
-                        idempotency_key=key,
-                        error=f"outcome unknown, re-run to settle: {exc}",
-                    )
+        result.idempotency_key = key
+        try:
+            answer, replayed = await api.create_order(body, key)
+        except (AuthenticationError, PermissionDenied) as exc:
+            self.ledger.settle_order(ref, OrderOutcome("refused", error=str(exc)))
+            raise
+        except Conflict as exc:
+            self.ledger.settle_order(ref, OrderOutcome("conflict", error=str(exc)))
+            result.error = f"{exc}: kept as it is, never created again under a new key"
+            self._order(result)
+            return
+        except StyldodError as exc:
+            if isinstance(exc, APIError) and _definite_refusal(exc):
+                bad = _bad_image(exc, items)
+                self.ledger.settle_order(
+                    ref, OrderOutcome("refused", error=str(exc), bad_image=bad)
                 )
-                return
-            except StyldodError as exc:
-                if journal is not None:
-                    journal.record_order(name, state="failed", error=str(exc))
-                self._order(OrderResult(name, "failed", count, idempotency_key=key, error=str(exc)))
-                return
+                result.error = f"refused: {exc}"
+            else:
+                # Unknown outcome: the ledger keeps it as sent, so a re-run asks again with
+                # the same key and body.
+                self.ledger.settle_order(ref, OrderOutcome("sent", error=str(exc)))
+                result.error = f"outcome unknown, a re-run asks again with the same key: {exc}"
+            self._order(result)
+            return
         order_id, status = str(answer["orderID"]), answer.get("order_status")
-        if journal is not None:
-            journal.record_order(name, state="created", order_id=order_id, status=status)
-        self._order(
-            OrderResult(
-                name,
-                "created",
-                count,
-                order_id=order_id,
-                order_status=status,
-                idempotency_key=key,
-                replayed=replayed,
-            )
-        )
-
-    def _plan(self, part: OrderPart) -> dict[str, Any]:
-        apply_to_all = self.settings.options
-        return {
-            "order": part.name,
-            "images": [
-                {
-                    "client_image_id": item.client_image_id,
-                    "path": item.path,
-                    "sequence": item.sequence,
-                    "options": effective_options(
-                        self.up.global_options, apply_to_all, item.options
-                    ),
-                }
-                for item in sorted(part.items, key=lambda i: i.sequence)
-            ],
-        }
+        self.ledger.settle_order(ref, OrderOutcome("created", order_id=order_id, status=status))
+        result.status, result.order_id, result.order_status = "created", order_id, status
+        result.replayed = replayed
+        self._order(result)
 
     def _order(self, result: OrderResult) -> None:
         self.report.add_order(result)
@@ -581,21 +911,32 @@ class _Run:
             self.up.on_order(result)
 
 
-async def _events(source: Source, max_images: int) -> AsyncIterator[ScanEvent]:
-    if isinstance(source, AsyncIterable):
-        async for item in source:
-            yield item
-        return
-    if isinstance(source, ManifestSource):
-        path = source.path
-        async for event in _threaded(lambda: manifest_items(path, max_images_per_order=max_images)):
-            yield event
-        return
-    async for event in _threaded(lambda: scan(source)):
-        yield event
+def _definite_refusal(exc: APIError) -> bool:
+    """A 4xx other than 409 and 429: the service did not create the order, and says so."""
+    return 400 <= exc.status < 500 and not isinstance(exc, Conflict | RateLimited)
 
 
-async def _threaded(make: Callable[[], Iterable[ScanEvent]]) -> AsyncIterator[ScanEvent]:
+def _bad_image(exc: APIError, items: list[OrderItem]) -> tuple[int, str] | None:
+    """The image a 422 names (``image_list[3].image_urls[0]``): its upload is not usable."""
+    if not isinstance(exc, UnprocessableEntity) or not exc.param:
+        return None
+    match = _IMAGE_PARAM.match(exc.param)
+    if match is None or int(match.group(1)) >= len(items):
+        return None
+    item = items[int(match.group(1))]
+    return item.listing_id, item.client_image_id
+
+
+def _absolute(path: str) -> str:
+    return os.path.abspath(path)
+
+
+def _listing_name(identity: str) -> str:
+    kind, _, rest = identity.partition(":")
+    return os.path.basename(rest) if kind == "folder" else rest
+
+
+async def threaded(make: Callable[[], Iterable[ScanEvent]]) -> AsyncIterator[ScanEvent]:
     """Run a blocking generator in a thread, in batches, behind a bounded queue."""
     batches: queue.Queue[list[ScanEvent] | BaseException | None] = queue.Queue(maxsize=4)
     stop = threading.Event()
@@ -652,7 +993,10 @@ async def _threaded(make: Callable[[], Iterable[ScanEvent]]) -> AsyncIterator[Sc
 def upload(
     paths: Sequence[str | os.PathLike[str]], settings: Settings | None = None, **changes: Any
 ) -> Report:
-    """Synchronous entry point for callers without an event loop."""
+    """Synchronous entry point for callers without an event loop.
+
+    Keeps the account's ledger like every run (``ledger=False`` opts out).
+    """
     from styldod_batch.runtime import run_async
     from styldod_batch.settings import from_environment
 

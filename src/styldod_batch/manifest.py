@@ -10,29 +10,35 @@ or, as JSON Lines (``.jsonl`` / ``.ndjson``, or any file whose first character i
 
     {"path": "listing-1/front.jpg", "order": "listing-1", "options": {"basic_editing": true}}
 
-``path`` is required and relative to the manifest's folder unless absolute. ``client_image_id``
-defaults to that relative path (POSIX form); ``order`` names the order the image goes in (rows
-without one are grouped by their file's folder); ``sequence`` is a positive integer. Options
+``path`` is required and relative to the manifest's folder unless absolute. ``order`` names
+the order the image goes in: it is the listing's identity, so every manifest of an account that
+names ``listing-42`` speaks of one listing. Rows without one belong to their file's folder,
+exactly as a folder run sees it (the order is named after the folder). ``client_image_id``
+defaults to the path as written (POSIX form) with an ``order``, to the file name without;
+``sequence`` is a positive integer. Options
 come from an ``options`` JSON object, or from one column (field) per option: every name that is
 not one of the fields above is an option. In CSV an empty cell sets nothing, and an option cell
 is read as JSON when it parses (``true``, ``3``, ``"x"``), else as the text itself; a known
 string option (``style``, ``notes``) keeps its text as written. A null sets nothing.
 
-The rows of one order (or, without ``order``, of one folder) must be together: the engine
-closes an order when its group ends. A group larger than the order size is split into several
-orders, as a folder is; within each, a ``client_image_id`` or a file may appear once (the API
-refuses a repeated ID, and the engine tracks an order's images by path).
+The rows of one order need not be together (a spreadsheet sorted by another column is fine):
+the manifest is read once, a line at a time, into a temporary SQLite index, and the engine
+takes it back listing by listing. Within a listing a ``client_image_id`` or a file may appear
+once (they are what the ledger knows an image by). A listing larger than the order size is
+split into several orders, as a folder is.
 
-Memory stays bounded whatever the manifest's length: the file is read a line at a time, and the
-only state kept is the current order's IDs and paths plus the names of the groups already seen.
+Memory stays bounded whatever the manifest's length: rows live in the index on disk, and only
+one listing is taken back at a time.
 """
 
 from __future__ import annotations
 
 import csv
 import os
+import sqlite3
 import stat
-from collections.abc import Iterator
+import tempfile
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
@@ -42,7 +48,7 @@ import orjson
 from styldod_batch.contract import CONTENT_TYPES_BY_SUFFIX, OPTION_TYPES, SERVICES
 from styldod_batch.errors import ConfigurationError, InputError
 from styldod_batch.models import ImageItem
-from styldod_batch.scan import GroupEnd
+from styldod_batch.scan import GroupEnd, ScanEvent, folder_listing, shown
 
 FIELDS = frozenset({"path", "client_image_id", "order", "sequence", "options"})
 # Image fields the uploader itself sets: an option of that name would clash in the payload.
@@ -81,6 +87,9 @@ class ManifestRow:
     order: str | None
     sequence: int | None
     options: dict[str, Any]
+    # The listing's identity and name (see the module docstring).
+    listing: str = ""
+    listing_name: str = ""
 
 
 def option_problem(name: str, value: Any) -> str | None:
@@ -140,104 +149,269 @@ def validate_manifest(
     """Every problem of the manifest, in one streaming pass, before any request is sent.
 
     Beyond what ``read_manifest`` reports: files that are missing, empty, unreadable or not an
-    accepted image type; an order's (or, without ``order``, a folder's) rows that are not
-    together; a ``client_image_id`` or file listed twice in one order. Orders are taken as the
-    engine makes them: a group split into runs of ``max_images_per_order`` images.
+    accepted image type; a ``client_image_id`` or file listed twice in one listing.
     """
-    problems: list[ManifestProblem] = []
-    omitted = 0
-    first_omitted = 0
-
-    def add(problem: ManifestProblem) -> None:
-        nonlocal omitted, first_omitted
-        if len(problems) < max_problems:
-            problems.append(problem)
-            return
-        omitted += 1
-        first_omitted = first_omitted or problem.line
-
-    orders = _Orders(max_images_per_order)
-    shown = str(path)
-    rows = 0
-    try:
-        for record in _records(path):
-            rows += 1
-            for problem in record.problems:
-                add(problem)
-            _, _, apart = orders.enter(record)
-            if apart is not None:
-                add(ManifestProblem(shown, record.line, _group_column(record), apart))
-            if record.path is None:
-                continue
-            reason, _, _ = _check_file(record.path)
-            if reason is not None:
-                add(ManifestProblem(shown, record.line, "path", f"{reason}: {record.path}"))
-            elif record.row is not None and not record.problems and apart is None:
-                twice = orders.admit(record.row)
-                if twice is not None:
-                    add(ManifestProblem(shown, record.line, twice[0], twice[1]))
-    except _Fatal as fatal:
-        add(fatal.problem)
-    else:
-        if rows == 0:
-            add(ManifestProblem(shown, 1, None, "the manifest lists no images"))
-    if omitted:
-        message = f"... and {omitted} more problem{'s' if omitted > 1 else ''}"
-        problems.append(ManifestProblem(shown, first_omitted, None, message))
-    return problems
+    with stage_manifest(path, max_problems=max_problems) as staged:
+        return staged.problems
 
 
 def manifest_items(
     path: Path, *, max_images_per_order: int = 100
 ) -> Iterator[ImageItem | InputError | GroupEnd]:
-    """The manifest as the engine's scan events, in file order.
+    """The manifest as the engine's scan events, listing by listing.
 
     A row that cannot be used becomes an ``InputError`` (the batch goes on without it); a
-    ``GroupEnd`` follows each group's last row. Raises ``ConfigurationError`` when the
+    ``GroupEnd`` follows each listing's last row. Raises ``ConfigurationError`` when the
     manifest as a whole cannot be read.
     """
-    orders = _Orders(max_images_per_order)
-    shown = str(path)
+    with stage_manifest(path) as staged:
+        yield from staged.events()
+
+
+class StagedManifest:
+    """A manifest read once into a temporary index, with its problems, taken back by listing.
+
+    Use as a context manager (or ``close()``): the index is a file in a temporary folder.
+    """
+
+    def __init__(self, manifest: Path, folder: tempfile.TemporaryDirectory[str]) -> None:
+        self.manifest = manifest
+        self._folder = folder
+        self.db = sqlite3.connect(os.path.join(folder.name, "rows.sqlite"), check_same_thread=False)
+        # A throw-away index: nothing to recover after a crash, so no journal and no syncs.
+        self.db.executescript(_STAGING_SCHEMA)
+        self.problems: list[ManifestProblem] = []
+        # A problem with the manifest as a whole: nothing of it can be used.
+        self.fatal: ManifestProblem | None = None
+        self.rows = 0
+
+    def __enter__(self) -> StagedManifest:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.db.close()
+        self._folder.cleanup()
+
+    def events(self) -> Iterator[ImageItem | InputError | GroupEnd]:
+        """Rows that cannot be used first (as ``InputError``), then each listing's rows in
+        file order, each listing closed by a ``GroupEnd``."""
+        if self.fatal is not None:
+            raise ConfigurationError(str(self.fatal))
+        shown_manifest = str(self.manifest)
+        for path, line, problem in self.db.execute(
+            "SELECT path, line, problem FROM rows WHERE problem IS NOT NULL ORDER BY line"
+        ):
+            if path is not None:
+                yield InputError(path, problem)
+            else:  # no file to name: the manifest's line stands in for it
+                yield InputError(f"{shown_manifest}:{line}", problem)
+        # Listings in the order the manifest first names them.
+        listings = self.db.execute(
+            "SELECT listing, MIN(line) AS first FROM rows WHERE problem IS NULL"
+            " GROUP BY listing ORDER BY first"
+        ).fetchall()
+        for listing, _first in listings:
+            yield from self.listing_events(listing)
+
+    def listing_events(self, listing: str) -> Iterator[ImageItem | InputError | GroupEnd]:
+        rows = self.db.execute(
+            "SELECT line, path, client_image_id, order_name, listing_name, sequence, options"
+            " FROM rows WHERE listing = ? AND problem IS NULL ORDER BY line",
+            (listing,),
+        )
+        for line, path, client_image_id, order, name, sequence, options in rows:
+            row = ManifestRow(
+                line, path, client_image_id, order, sequence, orjson.loads(options), listing, name
+            )
+            reason, info, content_type = _check_file(path)
+            if reason is not None or info is None or content_type is None:
+                problem = ManifestProblem(str(self.manifest), line, "path", str(reason))
+                yield InputError(path, str(problem))
+            else:
+                yield _item(row, info, content_type)
+        yield GroupEnd(listing)
+
+
+_STAGING_SCHEMA = """
+PRAGMA journal_mode = OFF;
+PRAGMA synchronous = OFF;
+PRAGMA cache_size = -16000;
+CREATE TABLE rows (
+    line INTEGER PRIMARY KEY,
+    listing TEXT,
+    listing_name TEXT,
+    order_name TEXT,
+    client_image_id TEXT,
+    path TEXT,
+    sequence INTEGER,
+    options BLOB,
+    problem TEXT          -- NULL for a usable row
+);
+CREATE UNIQUE INDEX rows_by_id ON rows (listing, client_image_id) WHERE problem IS NULL;
+CREATE UNIQUE INDEX rows_by_path ON rows (listing, path) WHERE problem IS NULL;
+"""
+
+
+def stage_manifest(path: Path, *, max_problems: int = MAX_PROBLEMS) -> StagedManifest:
+    """Read and check the whole manifest into a temporary index (see ``StagedManifest``).
+
+    Every problem is kept in the index (each bad row fails alone in a run); the first
+    ``max_problems`` are also in ``problems``, followed by a count of the rest.
+    """
+    staged = StagedManifest(path, tempfile.TemporaryDirectory(prefix="styldod-manifest-"))
+    try:
+        _stage(staged, path, max_problems)
+    except BaseException:
+        staged.close()
+        raise
+    return staged
+
+
+def _stage(staged: StagedManifest, path: Path, max_problems: int) -> None:
+    omitted = 0
+    first_omitted = 0
+    shown_manifest = str(path)
+    db = staged.db
+    db.execute("BEGIN")
+
+    def add(problem: ManifestProblem) -> None:
+        nonlocal omitted, first_omitted
+        if len(staged.problems) < max_problems:
+            staged.problems.append(problem)
+            return
+        omitted += 1
+        first_omitted = first_omitted or problem.line
+
+    def fail(record: _Record, problems: list[ManifestProblem], text: str | None = None) -> None:
+        for problem in problems:
+            add(problem)
+        if text is None:
+            text = (
+                "; ".join(str(p) for p in problems)
+                if record.path is not None
+                else "; ".join(_brief(p) for p in problems)
+            )
+        db.execute(
+            "INSERT INTO rows (line, listing, path, problem) VALUES (?, ?, ?, ?)",
+            (record.line, record.listing, record.path, text),
+        )
+
     try:
         for record in _records(path):
-            ended, group, apart = orders.enter(record)
-            if ended is not None:
-                yield GroupEnd(ended)
-            problems = record.problems
-            if apart is not None:
-                problems = [ManifestProblem(shown, record.line, _group_column(record), apart)]
-            elif record.row is not None and not problems:
-                reason, info, content_type = _check_file(record.row.path)
-                twice = orders.admit(record.row) if reason is None else None
-                if twice is not None:
-                    problems = [ManifestProblem(shown, record.line, *twice)]
-                elif reason is not None:
-                    problems = [ManifestProblem(shown, record.line, "path", reason)]
-                elif info is not None and content_type is not None and group is not None:
-                    yield _item(record.row, info, content_type, group)
-                    continue
-            if record.path is not None:
-                yield InputError(record.path, "; ".join(str(p) for p in problems))
-            else:
-                # No file to name: the manifest's line stands in for it.
-                yield InputError(f"{shown}:{record.line}", "; ".join(_brief(p) for p in problems))
+            staged.rows += 1
+            if record.problems or record.row is None:
+                fail(record, record.problems)
+                continue
+            row = record.row
+            reason, _info, _type = _check_file(row.path)
+            if reason is not None:
+                # The run's failure names the file already; the list of problems does not.
+                named = ManifestProblem(shown_manifest, row.line, "path", f"{reason}: {row.path}")
+                alone = ManifestProblem(shown_manifest, row.line, "path", reason)
+                fail(record, [named], str(alone))
+                continue
+            try:
+                db.execute(
+                    "INSERT INTO rows (line, listing, listing_name, order_name, client_image_id,"
+                    " path, sequence, options) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        row.line,
+                        row.listing,
+                        row.listing_name,
+                        row.order,
+                        row.client_image_id,
+                        row.path,
+                        row.sequence,
+                        orjson.dumps(row.options),
+                    ),
+                )
+            except sqlite3.IntegrityError:
+                fail(record, [_listed_twice(db, shown_manifest, row)])
     except _Fatal as fatal:
-        raise ConfigurationError(str(fatal.problem)) from None
-    if orders.current is not None:
-        yield GroupEnd(orders.current)
+        staged.fatal = fatal.problem
+        add(fatal.problem)
+    else:
+        if staged.rows == 0:
+            add(ManifestProblem(shown_manifest, 1, None, "the manifest lists no images"))
+    db.execute("COMMIT")
+    db.execute("CREATE INDEX rows_by_listing ON rows (listing, line)")
+    if omitted:
+        message = f"... and {omitted} more problem{'s' if omitted > 1 else ''}"
+        staged.problems.append(ManifestProblem(shown_manifest, first_omitted, None, message))
 
 
-def _item(row: ManifestRow, info: os.stat_result, content_type: str, group: str) -> ImageItem:
+def _listed_twice(db: sqlite3.Connection, manifest: str, row: ManifestRow) -> ManifestProblem:
+    earlier = db.execute(
+        "SELECT line FROM rows WHERE listing = ? AND client_image_id = ? AND problem IS NULL",
+        (row.listing, row.client_image_id),
+    ).fetchone()
+    if earlier is not None:
+        return ManifestProblem(
+            manifest,
+            row.line,
+            "client_image_id",
+            f"{row.client_image_id!r} is already used in this order (line {earlier[0]})",
+        )
+    earlier = db.execute(
+        "SELECT line FROM rows WHERE listing = ? AND path = ? AND problem IS NULL",
+        (row.listing, row.path),
+    ).fetchone()
+    line = earlier[0] if earlier else "?"
+    return ManifestProblem(
+        manifest, row.line, "path", f"this file is already listed in this order (line {line})"
+    )
+
+
+class ManifestFeed:
+    """A manifest as a run's input: staged once (in a thread), then taken back by listing."""
+
+    can_relist = True
+
+    def __init__(
+        self, path: Path, *, max_images_per_order: int = 100, staged: StagedManifest | None = None
+    ) -> None:
+        self.path = path
+        self._staged = staged
+        self._owned = staged is None
+
+    def events(self) -> AsyncIterator[ScanEvent]:
+        from styldod_batch.engine import threaded
+
+        def generate() -> Iterator[ImageItem | InputError | GroupEnd]:
+            if self._staged is None:
+                self._staged = stage_manifest(self.path)
+            yield from self._staged.events()
+
+        return threaded(generate)
+
+    def relist(self, listing: str) -> AsyncIterator[ScanEvent]:
+        from styldod_batch.engine import threaded
+
+        assert self._staged is not None
+        staged = self._staged
+        return threaded(lambda: staged.listing_events(listing))
+
+    def close(self) -> None:
+        if self._owned and self._staged is not None:
+            self._staged.close()
+            self._staged = None
+
+
+def _item(row: ManifestRow, info: os.stat_result, content_type: str) -> ImageItem:
     return ImageItem(
         path=row.path,
         relative=row.client_image_id,
         size=info.st_size,
         mtime_ns=info.st_mtime_ns,
         content_type=content_type,
-        group=group,
+        group=row.listing_name,
         client_image_id=row.client_image_id,
         sequence=row.sequence or 0,
         options=row.options,
+        listing=row.listing,
     )
 
 
@@ -258,14 +432,14 @@ class _Fatal(Exception):
 
 @dataclass(slots=True)
 class _Record:
-    """One row as read: the row when valid, else its problems; path and group when known."""
+    """One row as read: the row when valid, else its problems; path and listing when known."""
 
     line: int
     problems: list[ManifestProblem] = field(default_factory=list)
     row: ManifestRow | None = None
     path: str | None = None
     order: str | None = None
-    group: str | None = None
+    listing: str | None = None
 
 
 class _Context:
@@ -274,7 +448,17 @@ class _Context:
     def __init__(self, manifest: Path) -> None:
         self.shown = str(manifest)
         self.base = str(manifest.absolute().parent)
-        self.base_name = os.path.basename(self.base) or "root"
+        # Real folder paths by folder path as written: one realpath per folder, not per row.
+        self._real: dict[str, str] = {}
+
+    def real_folder(self, path: str) -> str:
+        folder = os.path.dirname(path)
+        real = self._real.get(folder)
+        if real is None:
+            if len(self._real) > 100_000:
+                self._real.clear()
+            real = self._real[folder] = os.path.realpath(folder)
+        return real
 
     def problem(self, line: int, column: str | None, message: str) -> ManifestProblem:
         return ManifestProblem(self.shown, line, column, message)
@@ -287,12 +471,13 @@ class _Context:
         sequence: int | None,
         options: dict[str, Any],
     ) -> _Record:
-        """Resolve the path and group, check options, and build the row when nothing is wrong."""
+        """Resolve the path and listing, check options, and build the row when nothing is
+        wrong."""
         line = record.line
-        for name, value in options.items():
-            reason = option_problem(name, value)
+        for option, value in options.items():
+            reason = option_problem(option, value)
             if reason is not None:
-                record.problems.append(self.problem(line, name, reason))
+                record.problems.append(self.problem(line, option, reason))
         relative = None
         if raw_path:
             if os.path.isabs(raw_path):
@@ -305,18 +490,33 @@ class _Context:
                 relative = relative.replace(os.sep, "/")
         elif not any(p.column == "path" for p in record.problems):
             record.problems.append(self.problem(line, "path", "no path: every row needs one"))
+        name: str | None = record.order
+        default_id = relative
         if record.order is not None:
-            record.group = record.order
-        elif relative is not None:
-            record.group = os.path.dirname(relative) or self.base_name
-        if not record.problems and record.path is not None and relative is not None:
+            record.listing = f"order:{record.order}"
+        elif record.path is not None:
+            real = self.real_folder(record.path)
+            record.listing = folder_listing(real)
+            name = os.path.basename(real) or "root"
+            default_id = os.path.basename(record.path)
+        if record.path is not None:
+            try:
+                record.path.encode("utf-8")
+            except UnicodeEncodeError:
+                message = "the path is not valid UTF-8"
+                record.problems.append(self.problem(line, "path", message))
+                record.path = shown(record.path)
+        if not record.problems and record.path is not None and default_id is not None:
+            assert record.listing is not None and name is not None
             record.row = ManifestRow(
                 line=line,
                 path=record.path,
-                client_image_id=client_image_id or relative,
+                client_image_id=client_image_id or default_id,
                 order=record.order,
                 sequence=sequence,
                 options={k: v for k, v in options.items() if v is not None},
+                listing=record.listing,
+                listing_name=name,
             )
         return record
 
@@ -535,67 +735,7 @@ def _cell_value(name: str, cell: str) -> Any:
     return value
 
 
-# -- groups and files --------------------------------------------------------------------------
-
-
-class _Orders:
-    """The contiguity rule, and the IDs and files of the order being filled.
-
-    Holds one entry per group already finished (its name and last line) and the current
-    order's IDs and paths: nothing per row beyond the current order.
-    """
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.current: str | None = None
-        self._last_line = 0
-        self._finished: dict[str, int] = {}
-        self._ids: dict[str, int] = {}
-        self._paths: dict[str, int] = {}
-
-    def enter(self, record: _Record) -> tuple[str | None, str | None, str | None]:
-        """(the group this row ended, the row's group, why the row is out of place)."""
-        group = record.group
-        if group is None or group == self.current:
-            if group is not None:
-                self._last_line = record.line
-            return None, group, None
-        if group in self._finished:
-            kind = "order" if record.order is not None else "folder"
-            apart = (
-                f"the rows of {kind} {group!r} must be together: they ended at line "
-                f"{self._finished[group]} and other rows came between"
-            )
-            return None, group, apart
-        ended = self.current
-        if ended is not None:
-            self._finished[ended] = self._last_line
-        self.current, self._last_line = group, record.line
-        self._ids.clear()
-        self._paths.clear()
-        return ended, group, None
-
-    def admit(self, row: ManifestRow) -> tuple[str, str] | None:
-        """Count ``row`` into the current order; (column, message) when it is listed twice."""
-        if len(self._ids) >= self.size:
-            self._ids.clear()
-            self._paths.clear()
-        earlier = self._ids.get(row.client_image_id)
-        if earlier is not None:
-            return (
-                "client_image_id",
-                f"{row.client_image_id!r} is already used in this order (line {earlier})",
-            )
-        earlier = self._paths.get(row.path)
-        if earlier is not None:
-            return "path", f"this file is already listed in this order (line {earlier})"
-        self._ids[row.client_image_id] = row.line
-        self._paths[row.path] = row.line
-        return None
-
-
-def _group_column(record: _Record) -> str:
-    return "order" if record.order is not None else "path"
+# -- files ------------------------------------------------------------------------------------
 
 
 def _check_file(path: str) -> tuple[str | None, os.stat_result | None, str | None]:

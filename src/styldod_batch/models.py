@@ -8,10 +8,15 @@ from typing import Any, Literal
 
 @dataclass(slots=True)
 class ImageItem:
-    """One input file, as the scanner found it."""
+    """One input file, as the scanner found it.
+
+    ``group`` names its listing (the order's name); ``listing`` is the listing's identity,
+    what the ledger knows it by: ``folder:<real path>`` for a folder, else ``order:<group>``
+    (a manifest's ``order`` column, or the group an item source gives).
+    """
 
     path: str
-    # The path relative to its input root: the default ``client_image_id``.
+    # Its name within its listing: the default ``client_image_id``.
     relative: str
     size: int
     mtime_ns: int
@@ -20,10 +25,13 @@ class ImageItem:
     client_image_id: str = ""
     sequence: int = 0
     options: dict[str, Any] = field(default_factory=dict)
+    listing: str = ""
 
     def __post_init__(self) -> None:
         if not self.client_image_id:
             self.client_image_id = self.relative
+        if not self.listing:
+            self.listing = f"order:{self.group}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +43,10 @@ class UploadTarget:
     expires_at: str
 
 
-ImageStatus = Literal["uploaded", "skipped", "failed", "planned"]
+# uploaded: now, or (``resumed``) by an earlier run and ordered now; ordered: in an order placed
+# earlier, nothing to do; changed: its content differs from what its order holds (not sent);
+# late: new in a listing ordered before, with follow-up orders turned off (not sent).
+ImageStatus = Literal["uploaded", "skipped", "failed", "planned", "ordered", "changed", "late"]
 
 
 @dataclass(slots=True)
@@ -49,8 +60,10 @@ class ImageResult:
     size: int = 0
     attempts: int = 0
     error: str | None = None
-    # Uploaded by an earlier run of the same job (the journal says so); nothing was sent.
+    # Done by an earlier run (the ledger says so); nothing was sent for it.
     resumed: bool = False
+    # The order it is in, or (changed) was in.
+    order: str | None = None
 
 
 OrderStatus = Literal["created", "failed", "planned"]
@@ -66,8 +79,13 @@ class OrderResult:
     idempotency_key: str | None = None
     error: str | None = None
     replayed: bool = False
-    # Created by an earlier run of the same job; nothing was sent.
+    # Created by an earlier run; nothing was sent.
     resumed: bool = False
+    # The listing's name, and its download folder (unique among the account's listings).
+    listing: str = ""
+    label: str = ""
+    # A later order of a listing ordered before: "<listing> (2)".
+    follow_up: bool = False
 
 
 @dataclass(slots=True)

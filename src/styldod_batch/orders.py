@@ -24,95 +24,126 @@ def effective_options(
     return effective
 
 
-@dataclass(slots=True)
-class OrderPart:
-    """Up to ``max_images`` images of one group: one order."""
+ItemKey = tuple[str, str]
 
-    group: str
+
+def item_key(item: ImageItem) -> ItemKey:
+    """What tells an image apart: its listing and its ``client_image_id`` there."""
+    return item.listing, item.client_image_id
+
+
+@dataclass(slots=True, eq=False)
+class OrderPart:
+    """Up to ``max_images`` images of one listing (or, in fixed-size batches, of several):
+    one order.
+
+    ``listing`` is the listing's identity ("" for a fixed-size batch), ``number`` the part's
+    place among this run's parts of it; ``split`` is known once the part closes.
+    """
+
+    listing: str
+    base_name: str
     number: int
     items: list[ImageItem] = field(default_factory=list)
-    results: dict[str, ImageResult] = field(default_factory=dict)
-    # The name is fixed when the part closes: ``group`` alone, or ``group-N`` when split.
-    name: str | None = None
+    results: dict[ItemKey, ImageResult] = field(default_factory=dict)
+    closed: bool = False
+    split: bool = False
 
     @property
     def settled(self) -> bool:
-        return self.name is not None and len(self.results) == len(self.items)
+        return self.closed and len(self.results) == len(self.items)
+
+    @property
+    def listings(self) -> set[str]:
+        return {item.listing for item in self.items}
+
+    def api_image_id(self, item: ImageItem) -> str:
+        """The ``client_image_id`` the order sends: a fixed-size batch mixes listings, so its
+        images are named ``<listing>/<id>`` to stay unique."""
+        return item.client_image_id if self.listing else f"{item.group}/{item.client_image_id}"
+
+
+def order_name(base: str, batch: int, part: int, *, split: bool) -> str:
+    """``listing``; a later batch ``listing (2)``; a split one ``listing-1``, ``listing-2``...
+
+    Fixed-size batches (empty ``base``) are ``batch-N``.
+    """
+    if not base:
+        return f"batch-{batch}"
+    name = base if batch <= 1 else f"{base} ({batch})"
+    return f"{name}-{part}" if split else name
 
 
 class Grouper:
     """Assigns each item its order part and sequence, in arrival order.
 
-    A part closes when its group ends, or when it is full and another image of the same
-    group arrives (it is then named ``group-1`` and the next part ``group-2``...).
+    A part closes when its listing ends, or when it is full and another image of the same
+    listing arrives (it is then part 1 of a split, and the next is part 2...). In fixed-size
+    batches, a part closes when full, or when an image would repeat an ID in it.
     """
 
     def __init__(self, *, order_size: int, by_folder: bool) -> None:
         self.order_size = order_size
         self.by_folder = by_folder
         self._open: dict[str, OrderPart] = {}
-        self._batches = 0
 
     def add(self, item: ImageItem) -> tuple[OrderPart, OrderPart | None]:
         """Place ``item``; returns its part and a part this closed, if any."""
         closed = None
-        if not self.by_folder:
-            part = self._open.get("")
-            if part is None or len(part.items) >= self.order_size:
-                if part is not None:
-                    closed = self._close("", single=True)
-                self._batches += 1
-                part = self._open[""] = OrderPart(group=f"batch-{self._batches}", number=1)
-        else:
-            part = self._open.get(item.group)
-            if part is None:
-                part = self._open[item.group] = OrderPart(group=item.group, number=1)
-            elif len(part.items) >= self.order_size:
-                closed = self._close(item.group, single=False)
-                part = self._open[item.group] = OrderPart(
-                    group=item.group, number=closed.number + 1
-                )
+        key = item.listing if self.by_folder else ""
+        part = self._open.get(key)
+        if part is None:
+            part = self._open[key] = OrderPart(key, item.group if key else "", 1)
+        elif len(part.items) >= self.order_size or (
+            not key and any(part.api_image_id(i) == part.api_image_id(item) for i in part.items)
+        ):
+            closed = self._close(key, split=bool(key))
+            part = self._open[key] = OrderPart(key, closed.base_name, closed.number + 1)
         part.items.append(item)
         item.sequence = item.sequence or len(part.items)
         return part, closed
 
-    def end_group(self, group: str) -> OrderPart | None:
-        if not self.by_folder or group not in self._open:
+    def end_group(self, listing: str) -> OrderPart | None:
+        if not self.by_folder or listing not in self._open:
             return None
-        part = self._open[group]
-        return self._close(group, single=part.number == 1)
+        part = self._open[listing]
+        return self._close(listing, split=part.number > 1)
 
     def end_all(self) -> list[OrderPart]:
         return [
-            self._close(key, single=self._open[key].number == 1 or not self.by_folder)
+            self._close(key, split=bool(key) and self._open[key].number > 1)
             for key in list(self._open)
         ]
 
-    def _close(self, key: str, *, single: bool) -> OrderPart:
+    def _close(self, key: str, *, split: bool) -> OrderPart:
         part = self._open.pop(key)
-        part.name = part.group if single else f"{part.group}-{part.number}"
+        part.closed, part.split = True, split
         return part
 
 
 def order_payload(
-    part: OrderPart, *, options: Mapping[str, Any], webhook_url: str | None
+    part: OrderPart, name: str, *, options: Mapping[str, Any], webhook_url: str | None
 ) -> dict[str, Any]:
     """The ``POST /v2/orders`` body for the images of ``part`` that were uploaded."""
     images = []
     for item in sorted(part.items, key=lambda i: i.sequence):
-        result = part.results.get(item.path)
-        if result is None or result.status != "uploaded" or result.image_url is None:
+        result = part.results.get(item_key(item))
+        if result is None or result.image_url is None or result.status not in ORDERABLE:
             continue
         image: dict[str, Any] = {
-            "client_image_id": item.client_image_id,
+            "client_image_id": part.api_image_id(item),
             "image_urls": [result.image_url],
             "sequence": item.sequence,
         }
         image.update(item.options)
         images.append(image)
-    payload: dict[str, Any] = {"order_name": part.name, "image_list": images}
+    payload: dict[str, Any] = {"order_name": name, "image_list": images}
     if options:
         payload["apply_to_all"] = dict(options)
     if webhook_url:
         payload["webhook_url"] = webhook_url
     return payload
+
+
+# Image results that go into an order: uploaded now, or by an earlier run.
+ORDERABLE = frozenset({"uploaded"})

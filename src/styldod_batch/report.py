@@ -38,6 +38,10 @@ class Report:
     failed: int = 0
     planned: int = 0
     already_done: int = 0
+    # Images whose content changed after they were ordered, and new images of listings
+    # ordered before with follow-ups off: named, not sent.
+    changed: list[dict[str, str]] = field(default_factory=list)
+    late: list[dict[str, str]] = field(default_factory=list)
     # Images the service marked as errors, or orders that never finished while we waited.
     processing_failed: int = 0
     outputs: dict[str, int] = field(default_factory=dict)
@@ -52,7 +56,13 @@ class Report:
 
     def add_image(self, result: ImageResult) -> None:
         self.total += 1
-        if result.resumed:
+        if result.status in ("changed", "late"):
+            entry = {"path": result.path, "client_image_id": result.client_image_id}
+            entry["listing" if result.status == "late" else "order"] = (
+                result.group if result.status == "late" else result.order or ""
+            )
+            (self.changed if result.status == "changed" else self.late).append(entry)
+        elif result.resumed:
             self.already_done += 1
         elif result.status == "uploaded":
             self.uploaded += 1
@@ -90,6 +100,8 @@ class Report:
                 "skipped": self.skipped,
                 "failed": self.failed,
                 "already_done": self.already_done,
+                "changed": len(self.changed),
+                "late": len(self.late),
                 **({"planned": self.planned} if self.dry_run else {}),
             },
             "orders": [
@@ -99,9 +111,14 @@ class Report:
                     "images": o.images,
                     "status": o.order_status or o.status,
                     "error": o.error,
+                    "listing": o.listing,
+                    "follow_up": o.follow_up,
+                    "already_done": o.resumed,
                 }
                 for o in sorted(self.orders, key=lambda o: o.key)
             ],
+            "changed": self.changed,
+            "late": self.late,
             "failures": self.failures,
             "requests": self.requests.as_dict(),
             **({"outputs": self.outputs} if self.outputs else {}),
@@ -125,6 +142,18 @@ class Report:
                 f"Already done by an earlier run: {self.already_done} images, "
                 f"{sum(o.resumed for o in self.orders)} orders"
             )
+        if self.changed:
+            lines.append(
+                f"Changed after they were ordered, not sent again ({len(self.changed)}; "
+                "--reorder-changed orders them again):"
+            )
+            lines.extend(f"  {c['path']} (in {c['order']})" for c in self.changed[:50])
+        if self.late:
+            lines.append(
+                f"New in listings ordered before, not ordered ({len(self.late)}; "
+                "follow-up orders are turned off):"
+            )
+            lines.extend(f"  {c['path']} ({c['listing']})" for c in self.late[:50])
         if self.outputs:
             lines.append(
                 "Outputs: " + ", ".join(f"{n} {state}" for state, n in sorted(self.outputs.items()))
@@ -139,6 +168,10 @@ class Report:
         for order in sorted(self.orders, key=lambda o: o.key):
             detail = order.order_id or order.error or ""
             status = order.order_status or order.status
+            notes = [
+                n for n, on in (("follow-up", order.follow_up), ("earlier", order.resumed)) if on
+            ]
+            detail += f" ({', '.join(notes)})" if notes else ""
             lines.append(f"  {order.key:<40} {order.images:>4} images  {status:<16} {detail}")
         if self.failures:
             lines.append("Failures:")

@@ -1,7 +1,12 @@
-"""Inputs -> items: a lazy folder walk in natural order, content types, sizes, bad input.
+"""Inputs -> items: a lazy folder walk in natural order, listings, content types, bad input.
 
-The walk holds one directory's listing at a time and yields as it goes; the engine runs it
-in a thread behind a bounded queue, so a tree of a million files never sits in memory.
+Every folder that holds images is a listing, known by its real path: its images' order name
+is the folder's own name and their ``client_image_id`` their file name, however the folder was
+reached (from which working folder, through which input, alongside which other inputs).
+Inputs given twice, or nested inside another input, yield each file once.
+
+The walk holds one folder's listing at a time and yields as it goes; the engine runs it in a
+thread behind a bounded queue, so a tree of a million files never sits in memory.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from styldod_batch.errors import ConfigurationError, InputError
 from styldod_batch.models import ImageItem
 
 _DIGITS = re.compile(r"(\d+)")
+FOLDER_LISTING = "folder:"
 
 
 def natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
@@ -33,9 +39,24 @@ def content_type_for(path: str) -> str | None:
     return CONTENT_TYPES_BY_SUFFIX.get(os.path.splitext(path)[1].lower())
 
 
+def folder_listing(real_folder: str) -> str:
+    """The identity of the listing a folder's images belong to."""
+    return FOLDER_LISTING + real_folder
+
+
+def shown(path: str) -> str:
+    """A path as text that can be printed and stored, whatever bytes its name holds."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(path).decode("utf-8", "backslashreplace")
+    return path
+
+
 @dataclass(frozen=True, slots=True)
 class Skipped:
-    """A file that is not an image type the API accepts: skipped and counted, not an error."""
+    """A file that is not an image type the API accepts, or a link left out: skipped and
+    counted, not an error."""
 
     path: str
     reason: str
@@ -43,7 +64,7 @@ class Skipped:
 
 @dataclass(frozen=True, slots=True)
 class GroupEnd:
-    """No more items of ``group`` follow (the walk left its folder)."""
+    """No more items of listing ``group`` (its identity) follow."""
 
     group: str
 
@@ -53,79 +74,173 @@ ScanEvent = ImageItem | Skipped | InputError | GroupEnd
 
 def check_inputs(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
     """Every path given must exist: a missing one is a usage error, before anything is sent."""
+    if isinstance(paths, str | bytes | os.PathLike):
+        raise ConfigurationError(
+            f"inputs must be a list of paths, not the single {type(paths).__name__} "
+            f"{os.fsdecode(paths)!r}: pass [{os.fsdecode(paths)!r}]"
+        )
     if not paths:
         raise ConfigurationError("no input path given")
     result = []
     for raw in paths:
         path = Path(raw)
         if not path.exists():
-            raise ConfigurationError(f"{raw}: no such file or directory")
+            raise ConfigurationError(f"{shown(os.fspath(raw))}: no such file or directory")
         result.append(path)
     return result
 
 
-def scan(paths: Sequence[str | os.PathLike[str]]) -> Iterator[ScanEvent]:
-    """Walk every input; a folder's images form one group named after the folder.
+@dataclass(slots=True)
+class _Inputs:
+    """The inputs once overlaps are gone: folders to walk, and loose files by folder."""
 
-    Each event is yielded as soon as it is known; ``GroupEnd`` follows a folder's last item.
-    """
-    roots = check_inputs(paths)
-    prefix_roots = len(roots) > 1
-    visited: set[tuple[int, int]] = set()
+    folders: list[tuple[Path, str]]
+    files: dict[str, list[Path]]
+    roots: list[str]
+
+
+def _sort_out(roots: list[Path]) -> _Inputs:
+    folders: dict[str, Path] = {}
+    loose: list[Path] = []
     for root in roots:
-        if root.is_dir():
-            yield from _walk(root, prefix_roots, visited)
+        real = os.path.realpath(root)
+        if os.path.isdir(real):
+            folders.setdefault(real, root)
         else:
-            group = root.resolve().parent.name or "root"
-            yield from _files(root.parent, [root.name], group, root.parent, prefix_roots=False)
-            yield GroupEnd(group)
+            loose.append(root)
+    # A folder inside another folder input is walked as part of it.
+    outermost = [
+        real
+        for real in folders
+        if not any(_inside(real, other) for other in folders if other != real)
+    ]
+    # A file named on its own belongs to the folder it is in (even when it is a link).
+    files: dict[str, list[Path]] = {}
+    seen: set[str] = set()
+    for given in loose:
+        folder = os.path.realpath(given.parent)
+        located = os.path.join(folder, given.name)
+        if located in seen or any(_inside(located, walked) for walked in outermost):
+            continue
+        seen.add(located)
+        files.setdefault(folder, []).append(given)
+    return _Inputs([(folders[real], real) for real in outermost], files, outermost)
 
 
-def _walk(root: Path, prefix_roots: bool, visited: set[tuple[int, int]]) -> Iterator[ScanEvent]:
-    root_name = root.resolve().name or "root"
-    stack: list[Path] = [root]
-    while stack:
-        folder = stack.pop()
-        try:
-            info = folder.stat()
-        except OSError as exc:
-            yield InputError(str(folder), _reason(exc))
-            continue
-        identity = (info.st_dev, info.st_ino)
-        if identity in visited:
-            yield InputError(str(folder), "symlink loop: this folder was already visited")
-            continue
-        visited.add(identity)
-        try:
-            with os.scandir(folder) as entries:
-                names = [(e.name, e.is_dir()) for e in entries]
-        except OSError as exc:
-            yield InputError(str(folder), _reason(exc))
-            continue
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+class FolderScan:
+    """The events of folder and file inputs, and of any one listing again (``relist``)."""
+
+    def __init__(
+        self, paths: Sequence[str | os.PathLike[str]], *, follow_symlinks: bool = False
+    ) -> None:
+        self.inputs = _sort_out(check_inputs(paths))
+        self.follow_symlinks = follow_symlinks
+
+    def events(self) -> Iterator[ScanEvent]:
+        """Walk every input; each folder's images form one listing.
+
+        Each event is yielded as soon as it is known; ``GroupEnd`` follows a folder's last
+        item. A link found in the walk that leads outside every input folder is skipped
+        unless ``follow_symlinks``; inputs named on their own are always followed.
+        """
+        visited: set[tuple[int, int]] = set()
+        for given, _real in self.inputs.folders:
+            yield from self._walk(given, visited)
+        for folder, files in self.inputs.files.items():
+            yield from self._listing(files[0].parent, folder, [f.name for f in files])
+
+    def relist(self, listing: str) -> Iterator[ScanEvent]:
+        """The events of one listing of these inputs, scanned again."""
+        if not listing.startswith(FOLDER_LISTING):
+            return
+        real = listing[len(FOLDER_LISTING) :]
+        names = self.inputs.files.get(real)
+        if names is not None:
+            yield from self._listing(Path(real), real, [f.name for f in names])
+            return
+        files, _folders, skipped = self._entries(Path(real))
+        yield from skipped
+        yield from self._listing(Path(real), real, files)
+
+    def _listing(self, folder: Path, real: str, names: list[str]) -> Iterator[ScanEvent]:
+        names.sort(key=natural_key)
+        listing = folder_listing(real)
+        yield from _files(folder, real, names, listing)
+        yield GroupEnd(listing)
+
+    def _walk(self, root: Path, visited: set[tuple[int, int]]) -> Iterator[ScanEvent]:
+        stack: list[Path] = [root]
+        while stack:
+            folder = stack.pop()
+            try:
+                info = folder.stat()
+            except OSError as exc:
+                yield InputError(shown(str(folder)), _reason(exc))
+                continue
+            identity = (info.st_dev, info.st_ino)
+            if identity in visited:
+                continue  # reached twice (through a link): its files were yielded once already
+            visited.add(identity)
+            try:
+                files, folders, skipped = self._entries(folder)
+            except OSError as exc:
+                yield InputError(shown(str(folder)), _reason(exc))
+                continue
+            yield from skipped
+            if files:
+                yield from self._listing(folder, os.path.realpath(folder), files)
+            # Reversed, so the stack pops sub-folders in natural order.
+            stack.extend(folder / name for name in reversed(folders))
+
+    def _entries(self, folder: Path) -> tuple[list[str], list[str], list[Skipped]]:
+        """(file names, folder names, links left out), in natural order."""
+        with os.scandir(folder) as entries:
+            names = [(e.name, _is_dir(e), e.is_symlink()) for e in entries]
         names.sort(key=lambda entry: natural_key(entry[0]))
-        files = [name for name, is_dir in names if not is_dir]
-        relative_folder = folder.relative_to(root).as_posix()
-        if relative_folder == ".":
-            group = root_name
-        else:
-            group = f"{root_name}/{relative_folder}" if prefix_roots else relative_folder
-        yield from _files(folder, files, group, root, prefix_roots=prefix_roots)
-        yield GroupEnd(group)
-        # Reversed, so the stack pops sub-folders in natural order.
-        stack.extend(folder / name for name, is_dir in reversed(names) if is_dir)
+        files: list[str] = []
+        folders: list[str] = []
+        skipped: list[Skipped] = []
+        for name, is_dir, is_link in names:
+            if is_link and not self.follow_symlinks:
+                target = os.path.realpath(folder / name)
+                if not any(_inside(target, root) for root in self.inputs.roots):
+                    skipped.append(
+                        Skipped(
+                            shown(str(folder / name)),
+                            "a symbolic link to outside the input folders "
+                            "(pass --follow-symlinks to follow it)",
+                        )
+                    )
+                    continue
+            (folders if is_dir else files).append(name)
+        return files, folders, skipped
 
 
-def _files(
-    folder: Path, names: list[str], group: str, root: Path, *, prefix_roots: bool
+def scan(
+    paths: Sequence[str | os.PathLike[str]], *, follow_symlinks: bool = False
 ) -> Iterator[ScanEvent]:
-    root_name = root.resolve().name
+    """The events of folder and file inputs (see ``FolderScan.events``)."""
+    return FolderScan(paths, follow_symlinks=follow_symlinks).events()
+
+
+def _files(folder: Path, real_folder: str, names: list[str], listing: str) -> Iterator[ScanEvent]:
+    group = os.path.basename(real_folder) or "root"
     for name in names:
         path = folder / name
-        shown = str(path)
+        text = str(path)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            yield InputError(shown(text), "the file or folder name is not valid UTF-8")
+            continue
         content_type = content_type_for(name)
         if content_type is None:
             yield Skipped(
-                shown,
+                text,
                 "not an image type the API accepts "
                 f"({', '.join(sorted(set(CONTENT_TYPES_BY_SUFFIX)))})",
             )
@@ -133,28 +248,35 @@ def _files(
         try:
             info = path.stat()
         except OSError as exc:
-            yield InputError(shown, _reason(exc))
+            yield InputError(text, _reason(exc))
             continue
         if not stat.S_ISREG(info.st_mode):
-            yield InputError(shown, "not a regular file")
+            yield InputError(text, "not a regular file")
             continue
         if info.st_size == 0:
-            yield InputError(shown, "empty file")
+            yield InputError(text, "empty file")
             continue
         if not os.access(path, os.R_OK):
-            yield InputError(shown, "permission denied: the file is not readable")
+            yield InputError(text, "permission denied: the file is not readable")
             continue
-        relative = path.relative_to(root).as_posix()
-        if prefix_roots:
-            relative = f"{root_name}/{relative}"
         yield ImageItem(
-            path=shown,
-            relative=relative,
+            path=text,
+            relative=name,
             size=info.st_size,
             mtime_ns=info.st_mtime_ns,
             content_type=content_type,
             group=group,
+            listing=listing,
         )
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    """A folder, or a link to one; an entry that cannot be followed (a link loop) is taken as
+    a file, which then fails alone with its reason."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 def _reason(exc: OSError) -> str:

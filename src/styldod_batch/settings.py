@@ -6,7 +6,6 @@ import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -17,6 +16,7 @@ DEFAULT_BASE_URL = "https://orderapi.styldod.com"
 ENV_API_KEY = "STYLDOD_API_KEY"
 ENV_API_SECRET = "STYLDOD_API_SECRET"  # noqa: S105 (the variable's name, not a secret)
 ENV_BASE_URL = "STYLDOD_BASE_URL"
+ENV_STATE = "STYLDOD_STATE"
 
 OrderBy = Literal["folder", "none"]
 
@@ -69,28 +69,27 @@ class Settings:
     storage_idle_timeout_s: float = 120.0
     # Pre-signed URLs are fetched at most this many files ahead of the uploads.
     presign_lookahead: int = 100
-    # The job's journal (resumable runs, exactly-once orders); None: no journal.
-    journal_path: Path | None = None
-    # Use a journal written for other settings anyway.
-    force_journal: bool = False
+    # Where the account's ledger lives (exactly-once orders, resumable runs): a folder (one
+    # ledger per account inside) or a file; None: $XDG_STATE_HOME/styldod-batch/.
+    state: str | os.PathLike[str] | None = None
+    # False: keep no ledger. A re-run then uploads and orders everything again.
+    ledger: bool = True
+    # Use a ledger file written for another account anyway.
+    force_state: bool = False
+    # How long a run's claim on a listing lasts unless renewed (it renews every third of it).
+    lease_s: float = 30.0
+    # New images of a listing that was ordered before go into a follow-up order
+    # ("<listing> (2)"); False: they are reported as late and not ordered.
+    follow_ups: bool = True
+    # Order again an image whose content changed after it was ordered (else: reported).
+    reorder_changed: bool = False
+    # Follow links that lead outside the input folders (else they are skipped, and named).
+    follow_symlinks: bool = False
     # After a stop is requested, in-flight requests get this long to finish.
     stop_grace_s: float = 30.0
 
     def __post_init__(self) -> None:
         validate(self)
-
-    def journal_identity(self) -> dict[str, Any]:
-        """What a journal must have been written for (the key only as a fingerprint)."""
-        from styldod_batch.journal import key_fingerprint
-
-        return {
-            "base_url": self.base_url.rstrip("/"),
-            "key": key_fingerprint(self.api_key),
-            "order_by": self.order_by,
-            "order_size": self.order_size,
-            "options": dict(self.options),
-            "webhook_url": self.webhook_url,
-        }
 
     @property
     def api_origin(self) -> str:
@@ -138,6 +137,10 @@ def validate(settings: Settings) -> None:
         hook = urlsplit(settings.webhook_url)
         if hook.scheme not in ("http", "https") or not hook.hostname:
             raise ConfigurationError(f"webhook URL {settings.webhook_url!r} is not an http(s) URL")
+    if not settings.lease_s > 0 or settings.lease_s == float("inf"):
+        raise ConfigurationError(
+            f"lease_s must be a positive number of seconds, not {settings.lease_s}"
+        )
     if settings.api_secret is not None and not settings.api_key:
         raise ConfigurationError("an API secret was given without an API key")
 
@@ -152,5 +155,7 @@ def from_environment(environ: Mapping[str, str] | None = None, **overrides: Any)
         values["api_key"] = env[ENV_API_KEY]
     if env.get(ENV_API_SECRET):
         values["api_secret"] = env[ENV_API_SECRET]
+    if env.get(ENV_STATE):
+        values["state"] = env[ENV_STATE]
     values.update({k: v for k, v in overrides.items() if v is not None})
     return Settings(**values)

@@ -16,7 +16,7 @@ import aiohttp
 from styldod_batch.download import OutputDownloader
 from styldod_batch.engine import RunAborted, Source, Uploader
 from styldod_batch.follow import OrderFollower
-from styldod_batch.journal import Journal
+from styldod_batch.ledger import Ledger, open_ledger
 from styldod_batch.models import OrderResult
 from styldod_batch.report import Progress, Report
 from styldod_batch.settings import Settings
@@ -41,11 +41,11 @@ class FollowOptions:
 
 
 def webhook_token(settings: Settings) -> str:
-    """Stable across re-runs of one job (so orders placed earlier still reach us), and not
-    guessable without the API key."""
+    """Stable across runs of one account (so orders placed earlier still reach us, whatever
+    port or public URL a later run listens on), and not guessable without the API key."""
     secret = (settings.api_key or "").encode()
-    job = str(settings.journal_path or "no-journal").encode()
-    return hmac.new(secret, b"webhook|" + job, hashlib.sha256).hexdigest()[:32]
+    account = settings.base_url.rstrip("/").encode()
+    return hmac.new(secret, b"webhook|" + account, hashlib.sha256).hexdigest()[:32]
 
 
 async def run_job(
@@ -98,7 +98,7 @@ async def _run_job(
             # Without a receiver, following an order means polling it.
             follower = OrderFollower(
                 uploader.api,
-                uploader.journal,
+                uploader.ledger,
                 poll=follow.wait or receiver is None,
                 poll_interval_s=follow.poll_interval_s,
             )
@@ -129,13 +129,15 @@ async def _upload_and_follow(
         return aborted
     if not follow.follows or report.interrupted:
         return report
+    ledger = uploader.ledger
     for order in report.orders:
         if order.order_id:
-            row = uploader.journal.order(order.key) if uploader.journal else None
+            row = await ledger.order_by_id(order.order_id) if ledger is not None else None
+            # Outputs go to DIR/<listing>/: a listing's follow-up orders land beside its first.
             follower.watch(
-                order.key,
+                order.label or order.key,
                 order.order_id,
-                row.status if row else None,
+                row.status if row else order.order_status,
                 row.image_list if row else None,
             )
     finished = await follower.wait(follow.timeout_s)
@@ -157,8 +159,8 @@ def apply_outcomes(report: Report, follower: OrderFollower, *, finished: bool) -
             report.processing_failed += 1
             report.failures.append(
                 {
-                    "path": client_image_id,
-                    "error": f"order {followed.key} ({followed.order_id}): "
+                    "path": f"{followed.key}/{client_image_id}",
+                    "error": f"order {followed.order_id}: "
                     "the service marked this image as an error",
                 }
             )
@@ -181,7 +183,7 @@ async def download_outputs(
         uploader.session,
         directory,
         budget=uploader.storage_budget,
-        journal=uploader.journal,
+        journal=uploader.ledger,
         retry=uploader.settings.retry,
         concurrency=uploader.settings.concurrency,
     )
@@ -195,26 +197,26 @@ async def download_outputs(
     report.requests.retries += downloader.retries
 
 
-async def download_from_journal(journal_path: Path, directory: Path, settings: Settings) -> Report:
-    """The ``download`` command: the outputs of every finished order the journal knows."""
-    journal = Journal.open(journal_path, identity={}, read_only=True)
+async def download_from_ledger(settings: Settings, directory: Path) -> Report:
+    """The ``download`` command: the outputs of every finished order the ledger knows."""
+    ledger: Ledger = await open_ledger(settings)
     report = Report()
     try:
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(auto_decompress=False, trust_env=True) as session:
             downloader = OutputDownloader(
                 session,
                 directory,
                 budget=None,
-                journal=None,
+                journal=ledger,
                 retry=settings.retry,
                 concurrency=settings.concurrency,
             )
-            for row in journal.orders():
+            for row in await ledger.orders():
                 if row.order_id and row.final:
                     for outcome in await downloader.fetch_order(
-                        row.order_key, row.order_id, row.image_list
+                        row.label, row.order_id, row.image_list
                     ):
                         report.add_output(outcome.status, outcome.path, outcome.error)
     finally:
-        journal.close()
+        await ledger.close()
     return report

@@ -346,6 +346,13 @@ class OrderAPI:
         return _json({"upload_urls": out})
 
     async def create_order(self, request: web.Request) -> web.Response:
+        response = await self._idempotent_create(request)
+        if response.status == 200 and random.random() < self.faults.order_answer_lost:
+            request[ENTRY_KEY].fault = "answer_lost"
+            raise APIFailure(503, "server_error", "Injected: the order exists, its answer is lost.")
+        return response
+
+    async def _idempotent_create(self, request: web.Request) -> web.Response:
         raw = await request.read()
         key = self._authenticate(request)
         idem_key = request.headers.get(self.contract.idempotency_header)

@@ -23,6 +23,9 @@ class Faults:
     # A connection reset after part of the request body has arrived.
     api_reset: float = 0.0
     storage_reset: float = 0.0
+    # An order is created, then its answer (a replay's too) is replaced by a 503: the client
+    # cannot tell whether the order exists.
+    order_answer_lost: float = 0.0
     latency_ms: float = 0.0
 
     def validate(self) -> None:
@@ -33,6 +36,7 @@ class Faults:
             "storage_429",
             "api_reset",
             "storage_reset",
+            "order_answer_lost",
         ):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:

@@ -1,9 +1,8 @@
-"""The journal: resumable runs and exactly-once orders across crashes, as a user runs them."""
+"""Resumable runs on the ledger: exactly-once orders across crashes, as a user runs them."""
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import os
 import random
 import signal
@@ -17,7 +16,14 @@ import orjson
 
 from styldod_batch.sandbox import Sandbox
 from styldod_batch.sandbox.pytest_plugin import SandboxFactory
-from tests.helpers import REPO, json_report, make_tree, run_cli
+from tests.helpers import (
+    REPO,
+    assert_each_file_in_one_order,
+    assert_one_key_per_order,
+    json_report,
+    make_tree,
+    run_cli,
+)
 
 
 def upload_args(root: Path, journal: Path, *extra: str) -> list[str]:
@@ -41,23 +47,11 @@ def start(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
     )
 
 
-def orders_are_exactly_once(box: Sandbox, expected_orders: int, expected_images: int) -> None:
+def orders_are_exactly_once(box: Sandbox, expected_orders: int, root: Path) -> None:
     assert box.api is not None
-    orders = list(box.api.orders.values())
-    assert len(orders) == expected_orders, "exactly one order per group, never two"
-    assert len({o.order_name for o in orders}) == expected_orders
-    ids = collections.Counter(i.client_image_id for o in orders for i in o.images)
-    urls = collections.Counter(u for o in orders for i in o.images for u in i.image_urls)
-    assert len(ids) == expected_images and set(ids.values()) == {1}, "no image in two orders"
-    assert len(urls) == expected_images and set(urls.values()) == {1}
-    # Every order POST that reached the server used its order's one key: a key never
-    # names two orders, and no order was asked for under a second key.
-    keys: dict[str | None, set[str]] = collections.defaultdict(set)
-    for entry in box.log.select(kind="api", method="POST", path_prefix="/v2/orders"):
-        keys[entry.idempotency_key].update([entry.order_id] if entry.order_id else [])
-    assert None not in keys
-    assert len(keys) == expected_orders
-    assert all(len(order_ids) <= 1 for order_ids in keys.values())
+    assert len(box.api.orders) == expected_orders, "exactly one order per listing, never two"
+    assert_each_file_in_one_order(box, sorted(root.rglob("*.jpg")))
+    assert_one_key_per_order(box)
 
 
 async def test_sigkill_at_random_moments_then_rerun_creates_each_order_once(
@@ -89,7 +83,7 @@ async def test_sigkill_at_random_moments_then_rerun_creates_each_order_once(
     images = report["images"]
     assert images["uploaded"] + images["already_done"] == 500 and images["failed"] == 0
     assert len(report["orders"]) == 10 and all(o["orderID"] for o in report["orders"])
-    orders_are_exactly_once(box, expected_orders=10, expected_images=500)
+    orders_are_exactly_once(box, 10, tmp_path / "job")
 
     # A re-run of the finished job sends no PUT and no order request.
     before = len(box.log)
@@ -104,32 +98,52 @@ async def test_sigkill_at_random_moments_then_rerun_creates_each_order_once(
     assert rerun["requests"] == {"api": 0, "storage": 0, "retries": 0, "rate_limited": 0}
 
 
-async def test_status_shows_what_the_journal_knows(
+async def test_status_shows_each_listing_its_orders_and_its_images(
     sandbox_factory: SandboxFactory, tmp_path: Path
 ) -> None:
     make_tree(tmp_path / "job", folders=2, files=3, size=500)
     (tmp_path / "job" / "listing-01" / "empty.jpg").write_bytes(b"")
     box = await sandbox_factory(rps=1000)
-    journal = tmp_path / "j.sqlite"
+    ledger = tmp_path / "j.sqlite"
     done = await asyncio.to_thread(
-        run_cli, *upload_args(tmp_path / "job", journal), env=env_for(box)
+        run_cli, *upload_args(tmp_path / "job", ledger), env=env_for(box)
     )
     assert done.returncode == 1  # the empty file
-    status = await asyncio.to_thread(run_cli, "status", "--journal", str(journal), "--json")
+    late = tmp_path / "job" / "listing-02" / "photo-9.jpg"
+    late.write_bytes(os.urandom(300))
+    changed = tmp_path / "job" / "listing-01" / "photo-1.jpg"
+    changed.write_bytes(os.urandom(300))
+    again = await asyncio.to_thread(
+        run_cli, *upload_args(tmp_path / "job", ledger, "--no-follow-up"), env=env_for(box)
+    )
+    assert again.returncode == 1, again.stderr  # the empty file, still
+
+    status = await asyncio.to_thread(run_cli, "status", "--state", str(ledger), "--json")
+
     assert status.returncode == 0, status.stderr
     body = orjson.loads(status.stdout)
-    assert body["images"] == {"uploaded": 6, "failed": 1}
+    assert body["images"] == {"ordered": 5, "changed": 1, "late": 1}
     assert sorted(o["key"] for o in body["orders"]) == ["listing-01", "listing-02"]
     assert all(o["orderID"] and o["state"] == "created" for o in body["orders"])
+    listings = {entry["name"]: entry for entry in body["listings"]}
+    assert listings["listing-01"]["changed"] == [str(changed)]
+    assert listings["listing-02"]["late"] == [str(late)]
+    assert [o["key"] for o in listings["listing-02"]["orders"]] == ["listing-02"]
     assert [Path(f["path"]).name for f in body["failures"]] == ["empty.jpg"]
     assert box.api_key not in status.stdout
-    text = await asyncio.to_thread(run_cli, "status", "--journal", str(journal))
+    # With the account's key, status finds its ledger by itself.
+    default = await asyncio.to_thread(
+        run_cli, "status", "--json", env={**env_for(box), "STYLDOD_STATE": str(ledger)}
+    )
+    assert orjson.loads(default.stdout)["images"] == body["images"]
+    text = await asyncio.to_thread(run_cli, "status", "--journal", str(ledger))
     assert "listing-01" in text.stdout and "empty.jpg: empty file" in text.stdout
-    with sqlite3.connect(journal) as db:
+    assert f"late: {late}" in text.stdout and f"changed: {changed}" in text.stdout
+    with sqlite3.connect(ledger) as db:
         assert box.api_key not in str(db.execute("SELECT * FROM meta").fetchall())
 
 
-async def test_bad_journals_are_refused_and_left_as_they_are(
+async def test_bad_ledgers_are_refused_and_left_as_they_are(
     sandbox_factory: SandboxFactory, tmp_path: Path
 ) -> None:
     make_tree(tmp_path / "job", folders=1, files=2, size=500)
@@ -152,24 +166,26 @@ async def test_bad_journals_are_refused_and_left_as_they_are(
         run_cli, *upload_args(tmp_path / "job", truncated), env=env_for(box)
     )
     assert cut.returncode == 2, cut.stdout
-    assert "journal" in cut.stderr
+    assert "ledger" in cut.stderr and "Traceback" not in cut.stderr
 
     other = await sandbox_factory(rps=1000)
     mismatch = await asyncio.to_thread(
         run_cli, *upload_args(tmp_path / "job", good), env=env_for(other)
     )
     assert mismatch.returncode == 2
-    assert "another job (different base_url)" in mismatch.stderr
+    assert "ledger of another account (different base_url)" in mismatch.stderr
     forced = await asyncio.to_thread(
         run_cli, *upload_args(tmp_path / "job", good, "--force"), env=env_for(other)
     )
     assert forced.returncode == 0, forced.stderr
+    # Other options are not another job: the listing is ordered already.
     options = await asyncio.to_thread(
         run_cli,
         *upload_args(tmp_path / "job", good, "--option", "basic_editing=true"),
-        env=env_for(other),
+        env=env_for(box),
     )
-    assert options.returncode == 2 and "different options" in options.stderr
+    assert options.returncode == 0, options.stderr
+    assert json_report(options)["images"]["already_done"] == 2
 
 
 async def test_sigint_finishes_in_flight_work_and_a_rerun_completes(
@@ -197,4 +213,4 @@ async def test_sigint_finishes_in_flight_work_and_a_rerun_completes(
     again = json_report(final)
     assert again["images"]["already_done"] >= uploaded_before
     assert again["images"]["already_done"] + again["images"]["uploaded"] == 200
-    orders_are_exactly_once(box, expected_orders=4, expected_images=200)
+    orders_are_exactly_once(box, 4, tmp_path / "job")

@@ -1,0 +1,80 @@
+"""The ledger: exactly-once orders by what an image is, however the job is run.
+
+One ledger per API account. A listing (a folder, or a manifest's ``order``) is claimed by one
+run at a time; an image is known by its listing and ``client_image_id`` and by its content;
+an order's ``Idempotency-Key`` and body are written before its first send and reused until the
+service definitely refuses it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from styldod_batch.ledger.location import default_state_dir, ledger_file, ledgers_in
+from styldod_batch.ledger.null import NullLedger
+from styldod_batch.ledger.owner import Owner
+from styldod_batch.ledger.records import (
+    ClaimLost,
+    Held,
+    ImageRecord,
+    LedgerError,
+    Listing,
+    ListingView,
+    OrderDraft,
+    OrderItem,
+    OrderOutcome,
+    OrderRecord,
+)
+from styldod_batch.ledger.sqlite import SQLiteLedger
+from styldod_batch.ledger.store import Ledger
+from styldod_batch.settings import Settings
+
+__all__ = [
+    "ClaimLost",
+    "Held",
+    "ImageRecord",
+    "Ledger",
+    "LedgerError",
+    "Listing",
+    "ListingView",
+    "NullLedger",
+    "OrderDraft",
+    "OrderItem",
+    "OrderOutcome",
+    "OrderRecord",
+    "Owner",
+    "SQLiteLedger",
+    "default_state_dir",
+    "ledger_path",
+    "open_ledger",
+]
+
+
+def ledger_path(settings: Settings) -> Path:
+    """The file that holds this account's ledger, as ``settings`` place it."""
+    return ledger_file(settings.state, settings.base_url, settings.api_key)[0]
+
+
+async def open_ledger(settings: Settings, *, read_only: bool = False) -> Ledger:
+    """The account's ledger as ``settings`` choose it; a null one when they opt out.
+
+    Read-only (dry runs, ``status``): a ledger that does not exist yet reads as empty.
+    """
+    if not settings.ledger:
+        return NullLedger()
+    path = ledger_path(settings)
+    if read_only and not path.exists():
+        return NullLedger()
+    return await SQLiteLedger.open(
+        path,
+        base_url=settings.base_url,
+        api_key=settings.api_key,
+        force=settings.force_state,
+        read_only=read_only,
+    )
+
+
+def known_ledgers(settings: Settings) -> list[Path]:
+    """Every ledger in the folder ``settings`` point at (for ``status`` without a key)."""
+    path, in_folder = ledger_file(settings.state, settings.base_url, settings.api_key)
+    return ledgers_in(path.parent) if in_folder else ([path] if path.exists() else [])
