@@ -13,7 +13,8 @@ from typing import Any
 
 from styldod_batch.api import OrderAPIClient
 from styldod_batch.errors import AuthenticationError, StyldodError
-from styldod_batch.journal import STATUS_RANK, Journal
+from styldod_batch.journal import Journal
+from styldod_batch.status import is_final_status, status_rank
 
 
 @dataclass(slots=True)
@@ -27,11 +28,11 @@ class FollowedOrder:
 
     @property
     def final(self) -> bool:
-        return STATUS_RANK.get(self.status, 0) >= STATUS_RANK["completed"]
+        return is_final_status(self.status)
 
     def update(self, status: str, image_list: list[dict[str, Any]]) -> None:
         """Never backwards: a late report of an earlier status is ignored."""
-        if STATUS_RANK.get(status, 0) >= STATUS_RANK.get(self.status, 0):
+        if status_rank(status) >= status_rank(self.status):
             self.status = status
             self.image_list = image_list
 

@@ -17,24 +17,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from styldod_batch.contract import (
-    EVENT_COMPLETED,
-    EVENT_ERROR,
-    EVENT_EXPERT_ASSIGNED,
-    EVENT_POST_PROCESSING,
-    EVENT_PRE_PROCESSING,
-    ORDER_EVENTS,
-)
-
-# How far along each event puts an order; a lower rank never overwrites a higher one.
-EVENT_RANK = {
-    EVENT_PRE_PROCESSING: 1,
-    EVENT_EXPERT_ASSIGNED: 2,
-    EVENT_POST_PROCESSING: 3,
-    EVENT_COMPLETED: 4,
-    EVENT_ERROR: 4,
-}
-FINAL_EVENTS = frozenset({EVENT_COMPLETED, EVENT_ERROR})
+from styldod_batch.contract import ORDER_EVENTS
+from styldod_batch.status import FINAL_RANK, event_rank
 
 
 class MalformedEvent(ValueError):
@@ -75,7 +59,7 @@ class OrderState:
 
     @property
     def final(self) -> bool:
-        return self.rank >= EVENT_RANK[EVENT_COMPLETED]
+        return self.rank >= FINAL_RANK
 
 
 class WebhookReceiver:
@@ -154,7 +138,7 @@ class WebhookReceiver:
         self._seen.add(identity)
         state = self.orders.setdefault(order_id, OrderState(order_id))
         state.events.append(event)
-        rank = EVENT_RANK[event]
+        rank = event_rank(event)
         if rank >= state.rank:
             state.rank = rank
             state.status = payload["data"]["order_status"]
