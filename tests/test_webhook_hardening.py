@@ -1,0 +1,104 @@
+"""The webhook receiver and the order follower against hostile senders on 127.0.0.1: events
+for other orders."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest_asyncio
+
+from styldod_batch.contract import ORDER_EVENTS
+from styldod_batch.follow import OrderFollower
+from styldod_batch.journal import Journal
+from styldod_batch.webhooks import WebhookReceiver
+
+TOKEN = "right-token"
+
+
+def event(order_id: str, name: str, *, output_url: str | None = None) -> dict[str, Any]:
+    status = name.removeprefix("order.")
+    image: dict[str, Any] = {"client_image_id": "a.jpg", "image_status": status}
+    if output_url is not None:
+        image["output_url"] = output_url
+    return {
+        "event": name,
+        "orderID": order_id,
+        "data": {"image_list": [image], "order_status": status, "updatedAt": name},
+    }
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def journal(tmp_path: Path) -> AsyncIterator[Journal]:
+    opened = Journal.open(tmp_path / "j.sqlite", identity={"job": "hooks"})
+    try:
+        yield opened
+    finally:
+        await asyncio.to_thread(opened.close)
+
+
+async def post(http: aiohttp.ClientSession, url: str, payload: dict[str, Any]) -> int:
+    async with http.post(url, json=payload) as answer:
+        return answer.status
+
+
+def recorded_orders(path: Path) -> list[str]:
+    with sqlite3.connect(path) as db:
+        return [row[0] for row in db.execute("SELECT order_id FROM events ORDER BY order_id")]
+
+
+async def test_events_of_orders_outside_the_job_are_recorded_and_ignored(
+    journal: Journal,
+) -> None:
+    follower = OrderFollower(None, journal, poll=False)
+    follower.watch("listing-01", "A")
+    async with WebhookReceiver(token=TOKEN, on_event=follower.on_event) as hooks:
+        async with aiohttp.ClientSession() as http:
+            # Not ours: one that never finishes, one that points at some file to fetch.
+            assert await post(http, hooks.url, event("STRANGER", "order.pre_processing")) == 200
+            foreign = event("FOREIGN", "order.completed", output_url="http://127.0.0.1:9/x")
+            assert await post(http, hooks.url, foreign) == 200
+            assert await post(http, hooks.url, event("A", "order.completed")) == 200
+        # Only A is waited for: the stranger that never finishes does not hold the wait.
+        assert await follower.wait(timeout_s=30) is True
+    assert set(follower.orders) == {"A"}, "only watched orders are followed (and downloaded)"
+    assert follower.orders["A"].status == "completed"
+    await journal.flush()
+    assert recorded_orders(journal.path) == ["A", "FOREIGN", "STRANGER"], "every event recorded"
+    assert hooks.deliveries == 3
+
+
+async def test_an_early_event_waits_for_its_order_in_a_bounded_buffer(journal: Journal) -> None:
+    follower = OrderFollower(None, journal, poll=False, early_orders_kept=3)
+    async with (
+        WebhookReceiver(token=TOKEN, on_event=follower.on_event) as hooks,
+        aiohttp.ClientSession() as http,
+    ):
+        # The order's creation has not returned yet when its events arrive.
+        assert await post(http, hooks.url, event("EARLY", "order.post_processing")) == 200
+        assert await post(http, hooks.url, event("EARLY", "order.completed")) == 200
+        assert follower.orders == {}
+        follower.watch("listing-01", "EARLY")
+        assert follower.orders["EARLY"].final
+        assert follower.orders["EARLY"].key == "listing-01"
+        assert await follower.wait(timeout_s=30) is True
+
+        for index in range(5):
+            assert await post(http, hooks.url, event(f"X{index}", "order.completed")) == 200
+    assert list(follower.early) == ["X2", "X3", "X4"], "the oldest unknown orders are dropped"
+    assert set(follower.orders) == {"EARLY"}
+
+
+def test_one_ranking_for_events_and_statuses() -> None:
+    from styldod_batch.status import STATUS_OF_EVENT, event_rank, is_final_status, status_rank
+
+    assert set(STATUS_OF_EVENT) == set(ORDER_EVENTS)
+    assert [event_rank(e) for e in ORDER_EVENTS] == [1, 2, 3, 4, 4]
+    assert all(event_rank(e) == status_rank(STATUS_OF_EVENT[e]) for e in ORDER_EVENTS)
+    assert is_final_status("completed") and is_final_status("error")
+    assert not is_final_status("post_processing") and not is_final_status(None)
+    assert status_rank("something new") == 0
