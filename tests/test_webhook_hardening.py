@@ -1,5 +1,5 @@
 """The webhook receiver and the order follower against hostile senders on 127.0.0.1: events
-for other orders."""
+for other orders, stalled clients, odd tokens."""
 
 from __future__ import annotations
 
@@ -91,6 +91,76 @@ async def test_an_early_event_waits_for_its_order_in_a_bounded_buffer(journal: J
             assert await post(http, hooks.url, event(f"X{index}", "order.completed")) == 200
     assert list(follower.early) == ["X2", "X3", "X4"], "the oldest unknown orders are dropped"
     assert set(follower.orders) == {"EARLY"}
+
+
+async def test_a_non_ascii_token_is_not_found() -> None:
+    async with WebhookReceiver(token=TOKEN) as hooks:
+        base = f"http://127.0.0.1:{hooks.port}/hooks/"
+        async with aiohttp.ClientSession() as http:
+            for token in ("tökén", "%ff%fe", "right-token\u00e9", "ü" * 40):
+                async with http.post(base + token, json=event("A", "order.completed")) as r:
+                    assert r.status == 404, token
+            async with http.post(base + TOKEN, json=event("A", "order.completed")) as r:
+                assert r.status == 200
+    assert hooks.deliveries == 1
+
+
+Stalled = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+async def open_stalled(port: int, count: int, opening: bytes) -> list[Stalled]:
+    """``count`` connections that send ``opening`` and then nothing more."""
+    opened = []
+    for _ in range(count):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(opening)
+        await writer.drain()
+        opened.append((reader, writer))  # the writer too: dropping it closes the socket
+    return opened
+
+
+async def closed_by_server(stalled: Stalled) -> bytes:
+    """Everything the server sent before it closed the connection."""
+    reader, writer = stalled
+    received = b""
+    try:
+        while chunk := await reader.read(65536):
+            received += chunk
+    except ConnectionError:
+        pass
+    writer.close()
+    return received
+
+
+async def test_stalled_clients_are_closed_and_a_delivery_still_gets_through() -> None:
+    header_timeout_s, body_timeout_s = 1.0, 1.0
+    async with WebhookReceiver(
+        token=TOKEN,
+        header_timeout_s=header_timeout_s,
+        body_timeout_s=body_timeout_s,
+        max_connections=100,
+    ) as hooks:
+        # 200 clients stuck in their request line, 20 stuck in their body.
+        in_headers = await open_stalled(hooks.port, 200, b"POST /hooks/right-token HTT")
+        in_body = await open_stalled(
+            hooks.port,
+            20,
+            b"POST /hooks/right-token HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 1000\r\n\r\n{"event": ',
+        )
+        async with aiohttp.ClientSession() as http:
+            assert await post(http, hooks.url, event("A", "order.completed")) == 200
+        assert hooks.deliveries == 1
+        assert hooks.connections_shed >= 100, "beyond 100 connections the oldest idle go"
+
+        # Every stalled connection is closed by the server: within its timeouts, plus a
+        # margin for a busy machine (without them they stayed open for minutes).
+        bound_s = header_timeout_s + body_timeout_s + 20.0
+        async with asyncio.timeout(bound_s):
+            await asyncio.gather(*(closed_by_server(r) for r in in_headers))
+            answers = await asyncio.gather(*(closed_by_server(r) for r in in_body))
+        assert all(a == b"" or a.startswith(b"HTTP/1.1 408") for a in answers)
+        assert any(a.startswith(b"HTTP/1.1 408") for a in answers), "a slow body gets a 408"
 
 
 def test_one_ranking_for_events_and_statuses() -> None:
