@@ -148,9 +148,14 @@ async def test_outputs_are_saved_exactly_as_sent(outputs: HostileOutputs, tmp_pa
 
 
 async def test_the_download_session_keeps_bytes_and_has_no_total_cap(
-    outputs: HostileOutputs, tmp_path: Path
+    outputs: HostileOutputs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from styldod_batch.download import open_download_session
+
+    # The session trusts the environment's proxies: keep this test's traffic on loopback.
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "WS_PROXY", "WSS_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
 
     async with open_download_session() as session:
         assert session.auto_decompress is False
