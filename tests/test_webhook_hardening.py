@@ -1,9 +1,11 @@
 """The webhook receiver and the order follower against hostile senders on 127.0.0.1: events
-for other orders, stalled clients, odd tokens."""
+for other orders (also through a whole ``upload --listen --download`` on the sandbox),
+stalled clients, odd tokens."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,7 +17,12 @@ import pytest_asyncio
 from styldod_batch.contract import ORDER_EVENTS
 from styldod_batch.follow import OrderFollower
 from styldod_batch.journal import Journal
+from styldod_batch.sandbox.pytest_plugin import SandboxFactory
+from styldod_batch.settings import Settings
 from styldod_batch.webhooks import WebhookReceiver
+from styldod_batch.workflow import webhook_token
+from tests.helpers import json_report, make_tree, run_cli
+from tests.hostile_outputs import HostileOutputs
 
 TOKEN = "right-token"
 
@@ -172,3 +179,68 @@ def test_one_ranking_for_events_and_statuses() -> None:
     assert is_final_status("completed") and is_final_status("error")
     assert not is_final_status("post_processing") and not is_final_status(None)
     assert status_rank("something new") == 0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def wait_listening(port: int, deadline_s: float) -> None:
+    """Poll until something accepts connections on ``port``."""
+    async with asyncio.timeout(deadline_s):
+        while True:
+            try:
+                _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                await asyncio.sleep(0.05)
+                continue
+            writer.close()
+            return
+
+
+async def test_a_job_ignores_events_of_other_orders_end_to_end(
+    sandbox_factory: SandboxFactory, tmp_path: Path
+) -> None:
+    """``upload --listen --download``: events of orders outside the job, one that never
+    finishes and one completed with an output, neither hold the wait nor get downloaded."""
+    make_tree(tmp_path / "job", folders=1, files=2, size=2000)
+    box = await sandbox_factory(rps=1000, order_step_s=1.0)
+    journal, out = tmp_path / "j.sqlite", tmp_path / "out"
+    port = free_port()
+    hook_url = f"http://127.0.0.1:{port}/hooks/" + webhook_token(
+        Settings(api_key=box.api_key, journal_path=journal)
+    )
+    async with HostileOutputs() as elsewhere:
+        job = asyncio.create_task(
+            asyncio.to_thread(
+                run_cli,
+                "upload",
+                str(tmp_path / "job"),
+                "--journal",
+                str(journal),
+                "--json",
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--download",
+                str(out),
+                "--wait-timeout",
+                "30",
+                env={"STYLDOD_API_KEY": box.api_key, "STYLDOD_BASE_URL": box.base_url},
+            )
+        )
+        await wait_listening(port, deadline_s=60)
+        async with aiohttp.ClientSession() as http:
+            stranger = event("STRANGER", "order.pre_processing")
+            foreign = event("FOREIGN", "order.completed", output_url=elsewhere.url("/ok/f"))
+            assert await post(http, hook_url, stranger) == 200
+            assert await post(http, hook_url, foreign) == 200
+        completed = await job
+        assert elsewhere.requests == [], "nothing was fetched for an order outside the job"
+    assert completed.returncode == 0, completed.stderr
+    report = json_report(completed)
+    assert [o["status"] for o in report["orders"]] == ["completed"]
+    assert report["outputs"] == {"downloaded": 2}
+    assert sorted(p.name for p in out.rglob("*.jpg")) == ["photo-1.jpg", "photo-2.jpg"]
+    assert {"FOREIGN", "STRANGER"} <= set(recorded_orders(journal)), "still recorded"
