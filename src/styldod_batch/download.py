@@ -1,43 +1,176 @@
-"""Fetching the edited outputs: streamed to disk, written atomically, never twice."""
+"""Fetching the edited outputs: streamed to disk, saved exactly as sent, written atomically,
+never twice.
+
+Outputs are named by the service (``client_image_id``, ``output_url``), so each one is
+checked before it touches the disk or the network: a name the file system cannot hold, two
+images claiming one file (or a file and a folder of the same name), a URL that is not
+http(s) (also after a redirect), a transfer that breaks: each fails that image alone, with a
+reason naming it, and every other output still downloads.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import os
+import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Final
 
 import aiofiles
 import aiohttp
+from yarl import URL
 
 from styldod_batch.budget import RateBudget
-from styldod_batch.errors import NetworkError, ServerError, StyldodError, error_for_status
+from styldod_batch.errors import (
+    ConfigurationError,
+    NetworkError,
+    StyldodError,
+    error_for_status,
+)
 from styldod_batch.journal import Journal
 from styldod_batch.retry import retrying
 from styldod_batch.settings import RetryPolicy
 
 CHUNK = 256 * 1024
+# The longest file name (one path component) common file systems take, in bytes.
+NAME_MAX_BYTES: Final = 255
+MAX_REDIRECTS: Final = 10
+REDIRECT_STATUSES: Final = frozenset({301, 302, 303, 307, 308})
+CONNECT_TIMEOUT_S: Final = 30.0
+# A download may take as long as it keeps progressing; it fails once no byte arrived for this.
+IDLE_TIMEOUT_S: Final = 60.0
+# Outputs are saved as sent: never ask for (nor undo) a content coding.
+REQUEST_HEADERS: Final[Mapping[str, str]] = {"Accept-Encoding": "identity"}
+# ".<name>.part-<8 hex>": what a temporary name adds to the final one.
+_PART_SUFFIX_BYTES: Final = len(".part-") + 8
+
+
+class UnusableOutput(StyldodError):
+    """An output that cannot be fetched or saved as the service names it; never retried."""
+
+
+def download_timeout(idle_timeout_s: float = IDLE_TIMEOUT_S) -> aiohttp.ClientTimeout:
+    """No cap on the whole transfer (aiohttp's default is 300 s), only on silence."""
+    return aiohttp.ClientTimeout(
+        total=None,
+        connect=CONNECT_TIMEOUT_S,
+        sock_connect=CONNECT_TIMEOUT_S,
+        sock_read=idle_timeout_s,
+    )
+
+
+def open_download_session(*, connections: int = 100) -> aiohttp.ClientSession:
+    """The session downloads are meant to run on: bytes kept exactly as sent (no automatic
+    decompression), proxies from the environment, no total time cap. ``OutputDownloader``
+    also sets these per request, so it stays safe on any session."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=connections, ttl_dns_cache=300),
+        auto_decompress=False,
+        trust_env=True,
+        timeout=download_timeout(),
+    )
+
+
+def check_download_folder(directory: Path) -> None:
+    """Make ``directory`` if missing and prove a file can be written there, before any work
+    is sent; raises ``ConfigurationError`` naming the folder."""
+    probe = directory / f".styldod-batch-probe-{secrets.token_hex(4)}"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with open(probe, "xb"):
+            pass
+        probe.unlink()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigurationError(f"{directory}: cannot save downloads there: {reason}") from exc
+
+
+def _checked_parts(name: str, *, what: str) -> list[str]:
+    """The path components of ``name`` ('/' or '\\' separated), or why it cannot name a file."""
+    if "\0" in name:
+        raise UnusableOutput(f"the {what} contains a NUL character")
+    parts = [p for p in PurePosixPath(name.replace("\\", "/")).parts if p not in ("", ".", "/")]
+    if ".." in parts:
+        raise UnusableOutput(f"the {what} has a '..' part")
+    for part in parts:
+        size = len(part.encode("utf-8", "surrogateescape"))
+        if size > NAME_MAX_BYTES:
+            raise UnusableOutput(
+                f"the {what} has a part of {size} bytes; file names are limited to "
+                f"{NAME_MAX_BYTES} bytes"
+            )
+    return parts
+
+
+def output_path(directory: Path, order_key: str, client_image_id: str) -> Path:
+    """``DIR/<order>/<client_image_id>``, with no way out of ``DIR``.
+
+    Raises ``UnusableOutput`` for an ID that cannot name a file there: empty, with a NUL, a
+    '..' part, or a part longer than the file system takes.
+    """
+    order_parts = _checked_parts(order_key, what="order name")
+    image_parts = _checked_parts(client_image_id, what="client_image_id")
+    if not image_parts:
+        raise UnusableOutput("the client_image_id names no file")
+    return directory.joinpath(*order_parts, *image_parts)
+
+
+def temporary_path(dest: Path) -> Path:
+    """A fresh name beside ``dest`` for the bytes in transit, within the file name limit."""
+    room = NAME_MAX_BYTES - 1 - _PART_SUFFIX_BYTES
+    stem = dest.name.encode("utf-8", "surrogateescape")[:room].decode("utf-8", "ignore")
+    return dest.with_name(f".{stem}.part-{secrets.token_hex(4)}")
+
+
+def _before_query(text: str) -> str:
+    return re.split(r"[?#]", text, maxsplit=1)[0]
+
+
+def shown_url(url: str | URL) -> str:
+    """A URL fit for messages and reports: no query or fragment (a pre-signed URL's signature
+    is there), no user info."""
+    try:
+        parsed = url if isinstance(url, URL) else URL(url)
+    except (ValueError, TypeError):
+        return _before_query(str(url))
+    if not parsed.absolute:
+        return _before_query(str(url))
+    return str(parsed.with_query(None).with_fragment(None).with_user(None))
+
+
+# Any "scheme://..." in a message, up to its query or fragment.
+_URL_WITH_QUERY = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^\s?#'\"<>]*)[?#][^\s'\"<>]*")
+
+
+def _without_queries(message: str) -> str:
+    """The last line of defence: whatever an exception said, no query string leaves here."""
+    return _URL_WITH_QUERY.sub(r"\1", message)
+
+
+def http_url(raw: object) -> URL:
+    """``raw`` as an absolute http(s) URL, or ``UnusableOutput`` saying why not."""
+    if not isinstance(raw, str):
+        raise UnusableOutput(f"the output URL is a {type(raw).__name__}, not a string")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in raw):
+        raise UnusableOutput(f"the output URL {_before_query(raw)!r} contains control characters")
+    try:
+        url = URL(raw)
+    except (ValueError, TypeError) as exc:
+        raise UnusableOutput(f"the output URL {shown_url(raw)!r} is not a URL") from exc
+    if url.scheme not in ("http", "https") or not url.host:
+        raise UnusableOutput(f"the output URL {shown_url(raw)!r} is not an http(s) URL")
+    return url
 
 
 def _complete_size(path: Path) -> int | None:
     try:
-        return path.stat().st_size
+        return path.stat().st_size if path.is_file() else None
     except OSError:
         return None
-
-
-def output_path(directory: Path, order_key: str, client_image_id: str) -> Path:
-    """``DIR/<order>/<client_image_id>``, with no way out of ``DIR``."""
-    parts = [
-        p
-        for p in PurePosixPath(order_key.replace("\\", "/")).parts
-        + PurePosixPath(client_image_id.replace("\\", "/")).parts
-        if p not in ("", ".", "..", "/")
-    ]
-    return directory.joinpath(*parts) if parts else directory / "output"
 
 
 @dataclass(slots=True)
@@ -50,6 +183,16 @@ class DownloadResult:
     error: str | None = None
 
 
+@dataclass(slots=True)
+class _Planned:
+    """One completed image of an order, its destination decided (or why it has none)."""
+
+    client_image_id: str
+    url: object
+    dest: Path | None
+    problem: str | None
+
+
 class OutputDownloader:
     def __init__(
         self,
@@ -60,11 +203,13 @@ class OutputDownloader:
         journal: Journal | None,
         retry: RetryPolicy,
         concurrency: int,
+        idle_timeout_s: float = IDLE_TIMEOUT_S,
     ) -> None:
         self.session = session
         self.directory = directory
         self.journal = journal
         self.retry = retry
+        self.timeout = download_timeout(idle_timeout_s)
         self._middlewares = (budget.middleware(),) if budget is not None else ()
         self._slots = asyncio.Semaphore(concurrency)
         self.retries = 0
@@ -72,74 +217,172 @@ class OutputDownloader:
     async def fetch_order(
         self, order_key: str, order_id: str, image_list: list[dict[str, Any]]
     ) -> list[DownloadResult]:
-        jobs = [
-            self._fetch_one(
-                order_key, order_id, str(image["client_image_id"]), str(image["output_url"])
-            )
-            for image in image_list
-            if image.get("image_status") == "completed" and image.get("output_url")
-        ]
-        return list(await asyncio.gather(*jobs))
+        """Every completed image's output; each problem fails its image only (this never
+        raises, except when cancelled)."""
+        planned = self._plan(order_key, image_list)
+        return list(
+            await asyncio.gather(*(self._fetch_one(order_key, order_id, p) for p in planned))
+        )
 
-    async def _fetch_one(
-        self, order_key: str, order_id: str, client_image_id: str, url: str
+    def _plan(self, order_key: str, image_list: list[dict[str, Any]]) -> list[_Planned]:
+        """Destinations in list order; an image whose file would be, or be inside, an earlier
+        image's file (``x`` and ``x/y``, or two IDs for one name) fails instead."""
+        planned: list[_Planned] = []
+        files: dict[Path, str] = {}
+        folders: dict[Path, str] = {}
+        for index, image in enumerate(image_list):
+            if not isinstance(image, dict):
+                continue
+            if image.get("image_status") != "completed" or not image.get("output_url"):
+                continue
+            raw_id = image.get("client_image_id")
+            if isinstance(raw_id, int) and not isinstance(raw_id, bool):
+                raw_id = str(raw_id)
+            if not isinstance(raw_id, str):
+                planned.append(
+                    _Planned(f"#{index + 1}", None, None, "the image has no client_image_id")
+                )
+                continue
+            try:
+                dest = output_path(self.directory, order_key, raw_id)
+            except UnusableOutput as exc:
+                planned.append(_Planned(raw_id, None, None, str(exc)))
+                continue
+            problem = self._clash(dest, files, folders)
+            if problem is not None:
+                planned.append(_Planned(raw_id, None, dest, problem))
+                continue
+            files[dest] = raw_id
+            for parent in dest.parents:
+                if parent == self.directory:
+                    break
+                folders.setdefault(parent, raw_id)
+            planned.append(_Planned(raw_id, image["output_url"], dest, None))
+        return planned
+
+    @staticmethod
+    def _clash(dest: Path, files: dict[Path, str], folders: dict[Path, str]) -> str | None:
+        if dest in files:
+            return f"image {files[dest]!r} of the order has the same file, {dest}"
+        if dest in folders:
+            return f"its file {dest} is the folder of image {folders[dest]!r}"
+        for parent in dest.parents:
+            if parent in files:
+                return f"its folder {parent} is the file of image {files[parent]!r}"
+        return None
+
+    async def _fetch_one(self, order_key: str, order_id: str, image: _Planned) -> DownloadResult:
+        shown_path = str(image.dest or self.directory / order_key)
+        try:
+            if image.problem is not None:
+                raise UnusableOutput(image.problem)
+            assert image.dest is not None
+            return await self._fetch(
+                order_key, order_id, image.client_image_id, image.url, image.dest
+            )
+        except Exception as exc:  # one output's failure, whatever it is, is that image's own
+            if isinstance(exc, StyldodError):
+                reason = str(exc)
+            elif isinstance(exc, OSError):
+                reason = f"cannot save it as {shown_path}: {exc.strerror or exc}"
+            else:
+                reason = f"{type(exc).__name__}: {exc}"
+            error = f"image {image.client_image_id!r} of order {order_key}: {reason}"
+            return DownloadResult(
+                order_key,
+                image.client_image_id,
+                shown_path,
+                "failed",
+                error=_without_queries(error),
+            )
+
+    async def _fetch(
+        self, order_key: str, order_id: str, client_image_id: str, raw_url: object, dest: Path
     ) -> DownloadResult:
-        dest = output_path(self.directory, order_key, client_image_id)
         if self.journal is not None:
             done = self.journal.output(order_id, client_image_id)
-            if done is not None and dest.is_file() and dest.stat().st_size == done[1]:
+            if done is not None and _complete_size(dest) == done[1]:
                 return DownloadResult(order_key, client_image_id, str(dest), "already", done[1])
+        url = http_url(raw_url)
 
         def count(_exc: BaseException) -> None:
             self.retries += 1
 
         async with self._slots:
-            try:
-                size, md5, fetched = await retrying(
-                    lambda: self._get(url, dest), self.retry, on_retry=count
-                )
-            except StyldodError as exc:
-                return DownloadResult(
-                    order_key, client_image_id, str(dest), "failed", error=str(exc)
-                )
-        if self.journal is not None:
+            size, md5, fetched = await retrying(
+                lambda: self._get(url, dest), self.retry, on_retry=count
+            )
+        if self.journal is not None and fetched:
             self.journal.record_output(order_id, client_image_id, str(dest), size, md5)
         return DownloadResult(
             order_key, client_image_id, str(dest), "downloaded" if fetched else "already", size
         )
 
-    async def _get(self, url: str, dest: Path) -> tuple[int, str, bool]:
-        """One attempt. Skips a file already complete (same size as the answer announces)."""
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        temporary = dest.with_name(f".{dest.name}.part-{secrets.token_hex(4)}")
-        digest = hashlib.md5(usedforsecurity=False)
+    async def _get(self, url: URL, dest: Path) -> tuple[int, str, bool]:
+        """One attempt, redirects followed by hand (each target must be http(s) too). Skips a
+        file already complete (same size as the answer announces)."""
+        for _hop in range(MAX_REDIRECTS + 1):
+            try:
+                async with self.session.get(
+                    url,
+                    headers=REQUEST_HEADERS,
+                    allow_redirects=False,
+                    auto_decompress=False,
+                    timeout=self.timeout,
+                    middlewares=self._middlewares,
+                ) as resp:
+                    if resp.status in REDIRECT_STATUSES:
+                        url = self._redirect_target(url, resp)
+                        continue
+                    if resp.status >= 400:
+                        cls = error_for_status(resp.status)
+                        raise cls(f"GET {shown_url(url)}", status=resp.status)
+                    if resp.status != 200:
+                        raise UnusableOutput(f"GET {shown_url(url)}: unexpected HTTP {resp.status}")
+                    return await self._save(url, resp, dest)
+            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
+                detail = str(exc) or "timed out"
+                raise NetworkError(f"GET {shown_url(url)}: {type(exc).__name__}: {detail}") from exc
+            except aiohttp.ClientError as exc:
+                raise UnusableOutput(f"GET {shown_url(url)}: {type(exc).__name__}: {exc}") from exc
+        raise UnusableOutput(f"GET {shown_url(url)}: more than {MAX_REDIRECTS} redirects")
+
+    @staticmethod
+    def _redirect_target(url: URL, resp: aiohttp.ClientResponse) -> URL:
+        location = resp.headers.get("Location")
+        if not location:
+            raise UnusableOutput(f"GET {shown_url(url)}: HTTP {resp.status} without a Location")
         try:
-            async with self.session.get(
-                url, middlewares=self._middlewares, allow_redirects=True
-            ) as resp:
-                if resp.status >= 400:
-                    cls = error_for_status(resp.status)
-                    raise cls(f"GET {url}: HTTP {resp.status}", status=resp.status)
-                expected = resp.content_length
-                # Without a journal, a file of the announced size is taken as complete.
-                if (
-                    expected is not None
-                    and self.journal is None
-                    and _complete_size(dest) == expected
-                ):
-                    return expected, "", False
-                size = 0
-                async with aiofiles.open(temporary, "wb") as handle:
-                    async for chunk in resp.content.iter_chunked(CHUNK):
-                        digest.update(chunk)
-                        size += len(chunk)
-                        await handle.write(chunk)
+            target = url.join(URL(location))
+        except (ValueError, TypeError) as exc:
+            raise UnusableOutput(
+                f"GET {shown_url(url)}: redirected to {shown_url(location)!r}, not a URL"
+            ) from exc
+        try:
+            return http_url(str(target))
+        except UnusableOutput as exc:
+            raise UnusableOutput(f"GET {shown_url(url)}: redirected: {exc}") from exc
+
+    async def _save(
+        self, url: URL, resp: aiohttp.ClientResponse, dest: Path
+    ) -> tuple[int, str, bool]:
+        expected = resp.content_length
+        # Without a journal, a file of the announced size is taken as complete.
+        if expected is not None and self.journal is None and _complete_size(dest) == expected:
+            return expected, "", False
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        temporary = temporary_path(dest)
+        digest = hashlib.md5(usedforsecurity=False)
+        size = 0
+        try:
+            async with aiofiles.open(temporary, "wb") as handle:
+                async for chunk in resp.content.iter_chunked(CHUNK):
+                    digest.update(chunk)
+                    size += len(chunk)
+                    await handle.write(chunk)
             if expected is not None and size != expected:
-                raise ServerError(f"GET {url}: {size} of {expected} bytes arrived")
+                raise NetworkError(f"GET {shown_url(url)}: {size} of {expected} bytes arrived")
             os.replace(temporary, dest)
-            return size, digest.hexdigest(), True
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
-            raise NetworkError(f"GET {url}: {type(exc).__name__}: {exc}") from exc
         finally:
-            if temporary.exists():
-                temporary.unlink()
+            temporary.unlink(missing_ok=True)
+        return size, digest.hexdigest(), True

@@ -2,18 +2,31 @@
 
 Polls take the rate budget at low priority (they wait while any upload or order request is
 waiting), and each order is asked about at most once per ``poll_interval_s``.
+
+Only the orders named by ``watch()`` are followed. An event for another order is recorded in
+the journal and otherwise ignored: it may be early (its order's creation has not returned to
+us yet), so it waits in a bounded buffer until ``watch()`` names it, but it never starts a
+download nor keeps the wait going.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 from styldod_batch.api import OrderAPIClient
 from styldod_batch.errors import AuthenticationError, StyldodError
-from styldod_batch.journal import STATUS_RANK, Journal
+from styldod_batch.journal import Journal
+from styldod_batch.status import is_final_status, status_rank
+
+# Orders whose events may wait for ``watch()``; beyond it the oldest are forgotten (the
+# journal still has them, and ``watch()`` is given the journal's status).
+EARLY_ORDERS_KEPT = 4096
+# Event names remembered per order (repeats included); the status never depends on them.
+EVENTS_KEPT = 32
 
 
 @dataclass(slots=True)
@@ -27,13 +40,17 @@ class FollowedOrder:
 
     @property
     def final(self) -> bool:
-        return STATUS_RANK.get(self.status, 0) >= STATUS_RANK["completed"]
+        return is_final_status(self.status)
 
     def update(self, status: str, image_list: list[dict[str, Any]]) -> None:
         """Never backwards: a late report of an earlier status is ignored."""
-        if STATUS_RANK.get(status, 0) >= STATUS_RANK.get(self.status, 0):
+        if status_rank(status) >= status_rank(self.status):
             self.status = status
             self.image_list = image_list
+
+    def note_event(self, event: str) -> None:
+        if len(self.events) < EVENTS_KEPT:
+            self.events.append(event)
 
     @property
     def image_errors(self) -> list[str]:
@@ -52,13 +69,19 @@ class OrderFollower:
         *,
         poll: bool,
         poll_interval_s: float = 2.0,
+        early_orders_kept: int = EARLY_ORDERS_KEPT,
     ) -> None:
         self.api = api
         self.journal = journal
         self.poll = poll
         self.poll_interval_s = poll_interval_s
+        # The watched orders: only these are waited for and downloaded.
         self.orders: dict[str, FollowedOrder] = {}
         self.polls = 0
+        # Events of orders not (yet) watched, oldest first.
+        self.early: OrderedDict[str, FollowedOrder] = OrderedDict()
+        self.early_orders_kept = early_orders_kept
+        self.unwatched_events = 0
         self._changed = asyncio.Condition()
 
     def watch(
@@ -68,23 +91,37 @@ class OrderFollower:
         status: str | None = None,
         image_list: list[dict[str, Any]] | None = None,
     ) -> None:
-        followed = self.orders.setdefault(order_id, FollowedOrder(key, order_id))
+        followed = self.orders.get(order_id) or self.early.pop(order_id, None)
+        if followed is None:
+            followed = FollowedOrder(key, order_id)
+        self.orders[order_id] = followed
         followed.key = key
         if status:
             followed.update(status, image_list or [])
 
     async def on_event(self, payload: dict[str, Any]) -> None:
-        """A webhook event: durable in the journal first, then applied."""
+        """A webhook event: durable in the journal first, then applied to its order if watched,
+        else kept for ``watch()`` (it may have arrived before its order's creation returned)."""
         if self.journal is not None:
             await self.journal.record_event(payload)
         data = payload["data"]
-        # An event may arrive before the order's creation returned to us: keep it.
         order_id = payload["orderID"]
-        followed = self.orders.setdefault(order_id, FollowedOrder("", order_id))
-        followed.events.append(payload["event"])
+        followed = self.orders.get(order_id)
+        if followed is None:
+            self.unwatched_events += 1
+            followed = self._keep_early(order_id)
+        followed.note_event(payload["event"])
         followed.update(data["order_status"], data["image_list"])
         async with self._changed:
             self._changed.notify_all()
+
+    def _keep_early(self, order_id: str) -> FollowedOrder:
+        followed = self.early.get(order_id)
+        if followed is None:
+            followed = self.early[order_id] = FollowedOrder("", order_id)
+            while len(self.early) > self.early_orders_kept:
+                self.early.popitem(last=False)
+        return followed
 
     def all_final(self) -> bool:
         return all(order.final for order in self.orders.values())
@@ -118,7 +155,10 @@ class OrderFollower:
                 self.polls += 1
                 order.next_poll = time.monotonic() + self.poll_interval_s
                 status = str(answer.get("order_status", ""))
-                images = list(answer.get("image_list") or [])
+                listed = answer.get("image_list")
+                images = (
+                    [i for i in listed if isinstance(i, dict)] if isinstance(listed, list) else []
+                )
                 order.update(status, images)
                 if self.journal is not None:
                     self.journal.record_progress(order.order_id, status, images)

@@ -1,40 +1,43 @@
-"""Receiver for the service's order events (aiohttp.web).
+"""Receiver for the service's order events (aiohttp's low-level web server).
 
 Deliveries are authenticated by a secret token in the URL path (the seed names no signature
 scheme). The receiver checks the payload's shape, records the event, and only then answers
 200; it is idempotent (the service retries, so an event can arrive more than once) and an
 order's status never goes backwards when events arrive out of order.
+
+Slow or stalled clients cannot hold it: a connection must complete its request line and
+headers within ``header_timeout_s`` (also the idle time allowed between deliveries on a
+kept-alive connection) and its body within ``body_timeout_s``, and at most
+``max_connections`` are open at once (a new one closes the oldest that is not delivering).
+A body is at most 1 MiB (aiohttp's default; an order of 100 images is far below it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Callable, Iterable
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from styldod_batch.contract import (
-    EVENT_COMPLETED,
-    EVENT_ERROR,
-    EVENT_EXPERT_ASSIGNED,
-    EVENT_POST_PROCESSING,
-    EVENT_PRE_PROCESSING,
-    ORDER_EVENTS,
-)
+from styldod_batch.contract import ORDER_EVENTS
+from styldod_batch.status import FINAL_RANK, event_rank
 
-# How far along each event puts an order; a lower rank never overwrites a higher one.
-EVENT_RANK = {
-    EVENT_PRE_PROCESSING: 1,
-    EVENT_EXPERT_ASSIGNED: 2,
-    EVENT_POST_PROCESSING: 3,
-    EVENT_COMPLETED: 4,
-    EVENT_ERROR: 4,
-}
-FINAL_EVENTS = frozenset({EVENT_COMPLETED, EVENT_ERROR})
+HOOK_PATH_PREFIX = "/hooks/"
+HEADER_TIMEOUT_S = 10.0
+BODY_TIMEOUT_S = 30.0
+# After an answer given before the body was read (404, 408), how long the rest is drained.
+LINGER_S = 1.0
+MAX_CONNECTIONS = 256
+# Memory a long-running receiver keeps: the latest state of this many orders, and this many
+# event identities to recognise repeats (the journal recognises older ones).
+ORDERS_KEPT = 10_000
+IDENTITIES_KEPT = 100_000
+EVENTS_KEPT_PER_ORDER = 32
 
 
 class MalformedEvent(ValueError):
@@ -65,6 +68,33 @@ def parse_event(body: bytes) -> dict[str, Any]:
     return payload
 
 
+class _BoundedServer(web.Server):
+    """aiohttp's low-level server holding at most ``max_connections`` connections: one more
+    closes the oldest connection that is not inside a delivery (stalled or idle), or itself
+    when every other one is busy."""
+
+    def __init__(
+        self,
+        handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
+        *,
+        max_connections: int,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(handler, **kwargs)
+        self.max_connections = max_connections
+        self.delivering: set[web.RequestHandler] = set()
+        self.shed = 0
+
+    def connection_made(self, handler: web.RequestHandler, transport: asyncio.Transport) -> None:
+        super().connection_made(handler, transport)
+        # A closed connection stays listed until its task ends: count the open ones only.
+        open_now = [c for c in self.connections if c.transport is not None]
+        if len(open_now) > self.max_connections:
+            oldest_idle = next(c for c in open_now if c not in self.delivering)
+            self.shed += 1
+            oldest_idle.force_close()
+
+
 @dataclass(slots=True)
 class OrderState:
     order_id: str
@@ -75,13 +105,14 @@ class OrderState:
 
     @property
     def final(self) -> bool:
-        return self.rank >= EVENT_RANK[EVENT_COMPLETED]
+        return self.rank >= FINAL_RANK
 
 
 class WebhookReceiver:
     """``async with WebhookReceiver() as hooks:`` serves ``hooks.url`` until closed.
 
-    ``on_event`` runs before the 200 is sent (a place to make the event durable).
+    ``on_event`` runs before the 200 is sent (a place to make the event durable); it is
+    given every valid event, whatever its order.
     """
 
     def __init__(
@@ -91,48 +122,97 @@ class WebhookReceiver:
         *,
         token: str | None = None,
         on_event: Callable[[dict[str, Any]], Any] | None = None,
+        header_timeout_s: float = HEADER_TIMEOUT_S,
+        body_timeout_s: float = BODY_TIMEOUT_S,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         self.host = host
         self.port = port
         self.token = token or secrets.token_urlsafe(18)
         self.on_event = on_event
-        self.orders: dict[str, OrderState] = {}
+        self.header_timeout_s = header_timeout_s
+        self.body_timeout_s = body_timeout_s
+        self.max_connections = max_connections
+        self.orders: OrderedDict[str, OrderState] = OrderedDict()
         self.deliveries = 0
         self.duplicates = 0
-        self._seen: set[tuple[str, str, str]] = set()
+        self._seen: OrderedDict[tuple[str, str, str], None] = OrderedDict()
         self._changed = asyncio.Condition()
-        self._runner: web.AppRunner | None = None
+        self._server: _BoundedServer | None = None
+        self._runner: web.ServerRunner | None = None
 
     @property
     def path(self) -> str:
-        return f"/hooks/{self.token}"
+        return f"{HOOK_PATH_PREFIX}{self.token}"
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}{self.path}"
 
+    @property
+    def connections_shed(self) -> int:
+        """Connections closed because ``max_connections`` were open."""
+        return self._server.shed if self._server is not None else 0
+
     async def __aenter__(self) -> WebhookReceiver:
-        app = web.Application(client_max_size=16 * 1024**2)
-        app.router.add_post("/hooks/{token}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._server = _BoundedServer(
+            self._handle,
+            max_connections=self.max_connections,
+            # Closes a connection that has not completed a request's headers in time, from
+            # its start or from its previous answer.
+            keepalive_timeout=self.header_timeout_s,
+            lingering_time=LINGER_S,
+            # A delivery whose client went away still finishes recording its event.
+            handler_cancellation=False,
+            access_log=None,
+        )
+        self._runner = web.ServerRunner(self._server, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
-        if self.port == 0:
-            server = site._server
-            assert server is not None
-            self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        self.port = site.port
         return self
 
     async def __aexit__(self, *_exc: object) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+            self._runner = None
 
-    async def _handle(self, request: web.Request) -> web.Response:
-        if not secrets.compare_digest(request.match_info["token"], self.token):
+    def _token_matches(self, token: str) -> bool:
+        # Bytes, not str: compare_digest refuses non-ASCII str (a TypeError, hence a 500).
+        return secrets.compare_digest(
+            token.encode("utf-8", "surrogatepass"), self.token.encode("utf-8", "surrogatepass")
+        )
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        token = request.path.removeprefix(HOOK_PATH_PREFIX)
+        if token == request.path or not self._token_matches(token):
             return web.json_response({"error": "not found"}, status=404)
+        if request.method != "POST":
+            return web.json_response(
+                {"error": "method not allowed"}, status=405, headers={"Allow": "POST"}
+            )
+        assert self._server is not None
+        self._server.delivering.add(request.protocol)
         try:
-            payload = parse_event(await request.read())
+            return await self._deliver(request)
+        finally:
+            self._server.delivering.discard(request.protocol)
+
+    async def _deliver(self, request: web.BaseRequest) -> web.StreamResponse:
+        try:
+            async with asyncio.timeout(self.body_timeout_s):
+                body = await request.read()
+        except TimeoutError:
+            answer = web.json_response({"error": "the body did not arrive in time"}, status=408)
+            answer.force_close()
+            return answer
+        except ConnectionError:  # the client left mid-body: nothing to answer, nothing to log
+            gone = web.Response(status=400)
+            gone.force_close()
+            return gone
+        try:
+            payload = parse_event(body)
         except MalformedEvent as exc:
             return web.json_response({"error": str(exc)}, status=400)
         self.deliveries += 1
@@ -151,10 +231,17 @@ class WebhookReceiver:
         if identity in self._seen:
             self.duplicates += 1
             return
-        self._seen.add(identity)
-        state = self.orders.setdefault(order_id, OrderState(order_id))
-        state.events.append(event)
-        rank = EVENT_RANK[event]
+        self._seen[identity] = None
+        if len(self._seen) > IDENTITIES_KEPT:
+            self._seen.popitem(last=False)
+        state = self.orders.get(order_id)
+        if state is None:
+            state = self.orders[order_id] = OrderState(order_id)
+            if len(self.orders) > ORDERS_KEPT:
+                self.orders.popitem(last=False)
+        if len(state.events) < EVENTS_KEPT_PER_ORDER:
+            state.events.append(event)
+        rank = event_rank(event)
         if rank >= state.rank:
             state.rank = rank
             state.status = payload["data"]["order_status"]

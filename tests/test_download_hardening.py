@@ -1,0 +1,240 @@
+"""Downloads against a hostile output server on 127.0.0.1: one bad output fails only itself,
+outputs are saved exactly as sent, and no signature reaches a message."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+
+from styldod_batch.download import DownloadResult, OutputDownloader
+from styldod_batch.settings import RetryPolicy
+from tests.hostile_outputs import BOMB, HostileOutputs, body_for, gzipped
+
+ONE_ATTEMPT = RetryPolicy(max_attempts=1)
+ORDER = "listing-01"
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def outputs() -> AsyncIterator[HostileOutputs]:
+    async with HostileOutputs() as server:
+        yield server
+
+
+def completed(client_image_id: str, url: str) -> dict[str, Any]:
+    return {"client_image_id": client_image_id, "image_status": "completed", "output_url": url}
+
+
+def downloader(session: aiohttp.ClientSession, directory: Path, **kwargs: Any) -> OutputDownloader:
+    return OutputDownloader(
+        session,
+        directory,
+        budget=None,
+        journal=None,
+        retry=kwargs.pop("retry", ONE_ATTEMPT),
+        concurrency=4,
+        **kwargs,
+    )
+
+
+def temporaries(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.name.startswith(".")]
+
+
+def by_id(results: list[DownloadResult]) -> dict[str, DownloadResult]:
+    return {r.client_image_id: r for r in results}
+
+
+LONG_OK = "a" * 246 + ".jpg"  # 250 bytes: fits, but ".NAME.part-xxxxxxxx" would not
+TOO_LONG = "b" * 296 + ".jpg"  # 300 bytes: no file system here takes it
+
+
+@pytest.mark.parametrize(
+    ("bad_id", "bad_path", "named"),
+    [
+        pytest.param("nul\0.jpg", "/ok/nul", "NUL", id="nul-in-id"),
+        pytest.param(TOO_LONG, "/ok/long", "255 bytes", id="300-byte-id"),
+        pytest.param("", "/ok/empty", "names no file", id="empty-id"),
+        pytest.param("f.jpg", "file:///etc/passwd", "not an http(s) URL", id="file-url"),
+        pytest.param("n.jpg", "not a url", "not an http(s) URL", id="not-a-url"),
+        pytest.param(
+            "r.jpg", "/redirect?to=file:///etc/passwd", "not an http(s) URL", id="redirect-to-file"
+        ),
+    ],
+)
+async def test_a_bad_output_fails_only_itself(
+    outputs: HostileOutputs, tmp_path: Path, bad_id: str, bad_path: str, named: str
+) -> None:
+    bad_url = outputs.url(bad_path) if bad_path.startswith("/") else bad_path
+    images = [
+        completed("first.jpg", outputs.url("/ok/first")),
+        completed(bad_id, bad_url),
+        completed("sub/last.jpg", outputs.url("/ok/last")),
+    ]
+    other_order = [completed("other.jpg", outputs.url("/ok/other"))]
+    async with aiohttp.ClientSession() as session:
+        fetch = downloader(session, tmp_path)
+        results, others = await asyncio.gather(
+            fetch.fetch_order(ORDER, "1", images), fetch.fetch_order("listing-02", "2", other_order)
+        )
+    outcome = by_id(results)
+    assert outcome["first.jpg"].status == "downloaded"
+    assert outcome["sub/last.jpg"].status == "downloaded"
+    assert (tmp_path / ORDER / "first.jpg").read_bytes() == body_for("first")
+    assert (tmp_path / ORDER / "sub" / "last.jpg").read_bytes() == body_for("last")
+    assert [r.status for r in others] == ["downloaded"]
+    assert (tmp_path / "listing-02" / "other.jpg").read_bytes() == body_for("other")
+
+    failed = outcome[bad_id]
+    assert failed.status == "failed"
+    assert failed.error is not None
+    assert repr(bad_id) in failed.error, "the reason names the image"
+    assert named in failed.error
+    assert temporaries(tmp_path) == []
+
+
+async def test_a_250_byte_id_downloads(outputs: HostileOutputs, tmp_path: Path) -> None:
+    async with aiohttp.ClientSession() as session:
+        (result,) = await downloader(session, tmp_path).fetch_order(
+            ORDER, "1", [completed(LONG_OK, outputs.url("/ok/long"))]
+        )
+    assert result.status == "downloaded", result.error
+    assert (tmp_path / ORDER / LONG_OK).read_bytes() == body_for("long")
+
+
+async def test_a_file_and_a_folder_of_one_name_in_one_order(
+    outputs: HostileOutputs, tmp_path: Path
+) -> None:
+    images = [
+        completed("x", outputs.url("/ok/x")),
+        completed("x/y", outputs.url("/ok/xy")),
+        completed("z/y", outputs.url("/ok/zy")),
+        completed("z", outputs.url("/ok/z")),
+        completed("kept.jpg", outputs.url("/ok/kept")),
+    ]
+    async with aiohttp.ClientSession() as session:
+        outcome = by_id(await downloader(session, tmp_path).fetch_order(ORDER, "1", images))
+    assert {k: r.status for k, r in outcome.items()} == {
+        "x": "downloaded",
+        "x/y": "failed",
+        "z/y": "downloaded",
+        "z": "failed",
+        "kept.jpg": "downloaded",
+    }
+    assert "'x/y'" in (outcome["x/y"].error or "")
+    assert "'z'" in (outcome["z"].error or "")
+    assert (tmp_path / ORDER / "x").read_bytes() == body_for("x")
+    assert (tmp_path / ORDER / "z" / "y").read_bytes() == body_for("zy")
+
+
+async def test_outputs_are_saved_exactly_as_sent(outputs: HostileOutputs, tmp_path: Path) -> None:
+    images = [
+        completed("photo.jpg", outputs.url("/gzip/photo")),
+        completed("bomb.jpg", outputs.url("/bomb")),
+    ]
+    # A session that decompresses by default: the downloader must not let it.
+    async with aiohttp.ClientSession() as session:
+        results = await downloader(session, tmp_path).fetch_order(ORDER, "1", images)
+    assert [r.status for r in results] == ["downloaded", "downloaded"]
+    assert (tmp_path / ORDER / "photo.jpg").read_bytes() == gzipped("photo")
+    assert (tmp_path / ORDER / "bomb.jpg").stat().st_size == len(BOMB)
+    asked = {r.headers.get("Accept-Encoding") for r in outputs.requests}
+    assert asked == {"identity"}
+
+
+async def test_the_download_session_keeps_bytes_and_has_no_total_cap(
+    outputs: HostileOutputs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from styldod_batch.download import open_download_session
+
+    # The session trusts the environment's proxies: keep this test's traffic on loopback.
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "WS_PROXY", "WSS_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+
+    async with open_download_session() as session:
+        assert session.auto_decompress is False
+        assert session.trust_env is True
+        assert session.timeout.total is None
+        assert session.timeout.sock_read and session.timeout.connect
+        (result,) = await downloader(session, tmp_path).fetch_order(
+            ORDER, "1", [completed("photo.jpg", outputs.url("/gzip/photo"))]
+        )
+    assert result.status == "downloaded"
+    assert (tmp_path / ORDER / "photo.jpg").read_bytes() == gzipped("photo")
+
+
+async def test_a_download_still_progressing_is_not_cut_by_a_total_cap(
+    outputs: HostileOutputs, tmp_path: Path
+) -> None:
+    # The session's total cap (aiohttp's default is 300 s) is shorter than the transfer,
+    # which never pauses longer than the idle timeout.
+    capped = aiohttp.ClientTimeout(total=outputs.pause_s * 2)
+    async with aiohttp.ClientSession(timeout=capped) as session:
+        (result,) = await downloader(session, tmp_path).fetch_order(
+            ORDER, "1", [completed("slow.jpg", outputs.url("/trickle/slow"))]
+        )
+    assert result.status == "downloaded", result.error
+    assert (tmp_path / ORDER / "slow.jpg").read_bytes() == body_for("slow")
+
+
+async def test_a_stalled_download_fails_after_the_idle_timeout(
+    outputs: HostileOutputs, tmp_path: Path
+) -> None:
+    images = [
+        completed("stalled.jpg", outputs.url("/stall?X-Amz-Signature=SECRET-STALL")),
+        completed("fine.jpg", outputs.url("/ok/fine")),
+    ]
+    async with aiohttp.ClientSession() as session:
+        fetch = downloader(session, tmp_path, idle_timeout_s=0.5)
+        outcome = by_id(await fetch.fetch_order(ORDER, "1", images))
+    assert outcome["fine.jpg"].status == "downloaded"
+    stalled = outcome["stalled.jpg"]
+    assert stalled.status == "failed"
+    assert "'stalled.jpg'" in (stalled.error or "")
+    assert "Timeout" in (stalled.error or "")
+    assert "SECRET" not in (stalled.error or "")
+    assert not (tmp_path / ORDER / "stalled.jpg").exists()
+    assert temporaries(tmp_path) == []
+
+
+async def test_failure_messages_show_urls_without_their_query(
+    outputs: HostileOutputs, tmp_path: Path
+) -> None:
+    images = [
+        completed("forbidden.jpg", outputs.url("/status/403?X-Amz-Signature=SECRET-403")),
+        completed("gone.jpg", outputs.url("/status/500?X-Amz-Signature=SECRET-500")),
+        completed(
+            "away.jpg", outputs.url("/redirect?to=file:///x%3FX-Amz-Signature%3DSECRET-REDIRECT")
+        ),
+        completed("odd.jpg", "ftp://127.0.0.1/x?X-Amz-Signature=SECRET-FTP"),
+    ]
+    async with aiohttp.ClientSession() as session:
+        results = await downloader(session, tmp_path).fetch_order(ORDER, "1", images)
+    assert [r.status for r in results] == ["failed"] * 4
+    for result in results:
+        assert result.error is not None
+        assert "SECRET" not in result.error, result.error
+        assert repr(result.client_image_id) in result.error
+    assert "/status/403" in (results[0].error or "")
+    assert "403" in (results[0].error or "")
+
+
+async def test_the_download_folder_is_checked_up_front(tmp_path: Path) -> None:
+    from styldod_batch.download import check_download_folder
+    from styldod_batch.errors import ConfigurationError
+
+    fresh = tmp_path / "made" / "for" / "outputs"
+    check_download_folder(fresh)
+    assert fresh.is_dir()
+    assert list(fresh.iterdir()) == [], "the probe file is removed"
+
+    (tmp_path / "a-file").write_bytes(b"x")
+    blocked = tmp_path / "a-file" / "outputs"
+    with pytest.raises(ConfigurationError, match=str(blocked)):
+        check_download_folder(blocked)
