@@ -35,7 +35,7 @@ def downloader(session: aiohttp.ClientSession, directory: Path, **kwargs: Any) -
         session,
         directory,
         budget=None,
-        journal=None,
+        ledger=None,
         retry=kwargs.pop("retry", ONE_ATTEMPT),
         concurrency=4,
         **kwargs,

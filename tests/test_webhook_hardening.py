@@ -16,7 +16,7 @@ import pytest_asyncio
 
 from styldod_batch.contract import ORDER_EVENTS
 from styldod_batch.follow import OrderFollower
-from styldod_batch.journal import Journal
+from styldod_batch.ledger import Ledger, SQLiteLedger
 from styldod_batch.sandbox.pytest_plugin import SandboxFactory
 from styldod_batch.settings import Settings
 from styldod_batch.webhooks import WebhookReceiver
@@ -40,12 +40,12 @@ def event(order_id: str, name: str, *, output_url: str | None = None) -> dict[st
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def journal(tmp_path: Path) -> AsyncIterator[Journal]:
-    opened = Journal.open(tmp_path / "j.sqlite", identity={"job": "hooks"})
+async def journal(tmp_path: Path) -> AsyncIterator[SQLiteLedger]:
+    opened = await SQLiteLedger.open(tmp_path / "j.sqlite", base_url="http://x", api_key="k")
     try:
         yield opened
     finally:
-        await asyncio.to_thread(opened.close)
+        await opened.close()
 
 
 async def post(http: aiohttp.ClientSession, url: str, payload: dict[str, Any]) -> int:
@@ -59,7 +59,7 @@ def recorded_orders(path: Path) -> list[str]:
 
 
 async def test_events_of_orders_outside_the_job_are_recorded_and_ignored(
-    journal: Journal,
+    journal: SQLiteLedger,
 ) -> None:
     follower = OrderFollower(None, journal, poll=False)
     follower.watch("listing-01", "A")
@@ -79,7 +79,9 @@ async def test_events_of_orders_outside_the_job_are_recorded_and_ignored(
     assert hooks.deliveries == 3
 
 
-async def test_an_early_event_waits_for_its_order_in_a_bounded_buffer(journal: Journal) -> None:
+async def test_an_early_event_waits_for_its_order_in_a_bounded_buffer(
+    journal: Ledger,
+) -> None:
     follower = OrderFollower(None, journal, poll=False, early_orders_kept=3)
     async with (
         WebhookReceiver(token=TOKEN, on_event=follower.on_event) as hooks,
@@ -210,7 +212,7 @@ async def test_a_job_ignores_events_of_other_orders_end_to_end(
     journal, out = tmp_path / "j.sqlite", tmp_path / "out"
     port = free_port()
     hook_url = f"http://127.0.0.1:{port}/hooks/" + webhook_token(
-        Settings(api_key=box.api_key, journal_path=journal)
+        Settings(base_url=box.base_url, api_key=box.api_key)
     )
     async with HostileOutputs() as elsewhere:
         job = asyncio.create_task(

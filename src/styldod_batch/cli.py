@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from styldod_batch.contract import OPTION_TYPES
+from styldod_batch.download import check_download_folder
 from styldod_batch.engine import ManifestSource, RunAborted, Uploader
 from styldod_batch.errors import AuthenticationError, ConfigurationError
 from styldod_batch.jobfile import load_job_file, merge_settings
@@ -428,6 +429,7 @@ def _add_download_parser(commands: argparse._SubParsersAction[argparse.ArgumentP
 
 def _cmd_download(args: argparse.Namespace) -> int:
     settings = _existing_ledger(args)
+    check_download_folder(args.directory)
     report = run_async(download_from_ledger(settings, args.directory))
     return _finish(report, as_json=args.json)
 
@@ -437,9 +439,9 @@ def _add_webhooks_parser(commands: argparse._SubParsersAction[argparse.ArgumentP
     sub = p.add_subparsers(dest="webhooks_command", required=True, metavar="COMMAND")
     serve = sub.add_parser(
         "serve",
-        help="receive order events into a journal until Ctrl-C",
+        help="receive order events into a ledger until Ctrl-C",
         description="Serve the webhook receiver: events arriving at the printed URL (its path "
-        "carries a secret token) are recorded in the journal before the 200.",
+        "carries a secret token) are recorded in the ledger before the 200.",
     )
     serve.add_argument(
         "--listen",
@@ -464,19 +466,19 @@ def _add_webhooks_parser(commands: argparse._SubParsersAction[argparse.ArgumentP
 def _cmd_webhooks_serve(args: argparse.Namespace) -> int:
     async def serve() -> None:
         # The receiver needs no key: it records into whichever account's ledger it is given.
-        journal = await SQLiteLedger.open(args.state, base_url="", api_key=None, force=True)
+        ledger = await SQLiteLedger.open(args.state, base_url="", api_key=None, force=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         try:
             async with WebhookReceiver(
-                *args.listen, token=args.token, on_event=journal.record_event
+                *args.listen, token=args.token, on_event=ledger.record_event
             ) as receiver:
                 print(f"Webhook URL: {receiver.url}", flush=True)
                 await stop.wait()
         finally:
-            await journal.close()
+            await ledger.close()
 
     run_async(serve())
     return EXIT_OK
@@ -583,6 +585,8 @@ def _cmd_upload(args: argparse.Namespace) -> int:
         source = args.paths
     if settings.dry_run:
         return _dry_run(settings, source, args)
+    if args.download is not None:
+        check_download_folder(args.download)  # before anything is sent, not after the orders
     show_progress = not args.no_progress and not args.json and sys.stderr.isatty()
     follow = FollowOptions(
         wait=args.wait,

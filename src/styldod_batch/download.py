@@ -31,7 +31,7 @@ from styldod_batch.errors import (
     StyldodError,
     error_for_status,
 )
-from styldod_batch.journal import Journal
+from styldod_batch.ledger import Ledger
 from styldod_batch.retry import retrying
 from styldod_batch.settings import RetryPolicy
 
@@ -200,14 +200,14 @@ class OutputDownloader:
         directory: Path,
         *,
         budget: RateBudget | None,
-        journal: Journal | None,
+        ledger: Ledger | None,
         retry: RetryPolicy,
         concurrency: int,
         idle_timeout_s: float = IDLE_TIMEOUT_S,
     ) -> None:
         self.session = session
         self.directory = directory
-        self.journal = journal
+        self.ledger = ledger
         self.retry = retry
         self.timeout = download_timeout(idle_timeout_s)
         self._middlewares = (budget.middleware(),) if budget is not None else ()
@@ -299,8 +299,8 @@ class OutputDownloader:
     async def _fetch(
         self, order_key: str, order_id: str, client_image_id: str, raw_url: object, dest: Path
     ) -> DownloadResult:
-        if self.journal is not None:
-            done = self.journal.output(order_id, client_image_id)
+        if self.ledger is not None:
+            done = self.ledger.output(order_id, client_image_id)
             if done is not None and _complete_size(dest) == done[1]:
                 return DownloadResult(order_key, client_image_id, str(dest), "already", done[1])
         url = http_url(raw_url)
@@ -312,8 +312,8 @@ class OutputDownloader:
             size, md5, fetched = await retrying(
                 lambda: self._get(url, dest), self.retry, on_retry=count
             )
-        if self.journal is not None and fetched:
-            self.journal.record_output(order_id, client_image_id, str(dest), size, md5)
+        if self.ledger is not None and fetched:
+            self.ledger.record_output(order_id, client_image_id, str(dest), size, md5)
         return DownloadResult(
             order_key, client_image_id, str(dest), "downloaded" if fetched else "already", size
         )
@@ -367,8 +367,8 @@ class OutputDownloader:
         self, url: URL, resp: aiohttp.ClientResponse, dest: Path
     ) -> tuple[int, str, bool]:
         expected = resp.content_length
-        # Without a journal, a file of the announced size is taken as complete.
-        if expected is not None and self.journal is None and _complete_size(dest) == expected:
+        # Without a ledger, a file of the announced size is taken as complete.
+        if expected is not None and self.ledger is None and _complete_size(dest) == expected:
             return expected, "", False
         dest.parent.mkdir(parents=True, exist_ok=True)
         temporary = temporary_path(dest)

@@ -4,7 +4,7 @@ Polls take the rate budget at low priority (they wait while any upload or order 
 waiting), and each order is asked about at most once per ``poll_interval_s``.
 
 Only the orders named by ``watch()`` are followed. An event for another order is recorded in
-the journal and otherwise ignored: it may be early (its order's creation has not returned to
+the ledger and otherwise ignored: it may be early (its order's creation has not returned to
 us yet), so it waits in a bounded buffer until ``watch()`` names it, but it never starts a
 download nor keeps the wait going.
 """
@@ -19,11 +19,11 @@ from typing import Any
 
 from styldod_batch.api import OrderAPIClient
 from styldod_batch.errors import AuthenticationError, StyldodError
-from styldod_batch.journal import Journal
+from styldod_batch.ledger import Ledger
 from styldod_batch.status import is_final_status, status_rank
 
 # Orders whose events may wait for ``watch()``; beyond it the oldest are forgotten (the
-# journal still has them, and ``watch()`` is given the journal's status).
+# ledger still has them, and ``watch()`` is given the ledger's status).
 EARLY_ORDERS_KEPT = 4096
 # Event names remembered per order (repeats included); the status never depends on them.
 EVENTS_KEPT = 32
@@ -65,14 +65,14 @@ class OrderFollower:
     def __init__(
         self,
         api: OrderAPIClient | None,
-        journal: Journal | None,
+        ledger: Ledger | None,
         *,
         poll: bool,
         poll_interval_s: float = 2.0,
         early_orders_kept: int = EARLY_ORDERS_KEPT,
     ) -> None:
         self.api = api
-        self.journal = journal
+        self.ledger = ledger
         self.poll = poll
         self.poll_interval_s = poll_interval_s
         # The watched orders: only these are waited for and downloaded.
@@ -100,10 +100,10 @@ class OrderFollower:
             followed.update(status, image_list or [])
 
     async def on_event(self, payload: dict[str, Any]) -> None:
-        """A webhook event: durable in the journal first, then applied to its order if watched,
+        """A webhook event: durable in the ledger first, then applied to its order if watched,
         else kept for ``watch()`` (it may have arrived before its order's creation returned)."""
-        if self.journal is not None:
-            await self.journal.record_event(payload)
+        if self.ledger is not None:
+            await self.ledger.record_event(payload)
         data = payload["data"]
         order_id = payload["orderID"]
         followed = self.orders.get(order_id)
@@ -160,8 +160,8 @@ class OrderFollower:
                     [i for i in listed if isinstance(i, dict)] if isinstance(listed, list) else []
                 )
                 order.update(status, images)
-                if self.journal is not None:
-                    self.journal.record_progress(order.order_id, status, images)
+                if self.ledger is not None:
+                    self.ledger.record_progress(order.order_id, status, images)
             pending = [o.next_poll for o in self.orders.values() if not o.final]
             if pending:
                 await asyncio.sleep(max(0.0, min(pending) - time.monotonic()))

@@ -11,9 +11,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
-
-from styldod_batch.download import OutputDownloader
+from styldod_batch.download import OutputDownloader, open_download_session
 from styldod_batch.engine import RunAborted, Source, Uploader
 from styldod_batch.follow import OrderFollower
 from styldod_batch.ledger import Ledger, open_ledger
@@ -178,22 +176,24 @@ def apply_outcomes(report: Report, follower: OrderFollower, *, finished: bool) -
 async def download_outputs(
     report: Report, uploader: Uploader, follower: OrderFollower, directory: Path
 ) -> None:
-    assert uploader.session is not None
-    downloader = OutputDownloader(
-        uploader.session,
-        directory,
-        budget=uploader.storage_budget,
-        journal=uploader.ledger,
-        retry=uploader.settings.retry,
-        concurrency=uploader.settings.concurrency,
-    )
-    for followed in follower.orders.values():
-        if not followed.final:
-            continue
-        for outcome in await downloader.fetch_order(
-            followed.key, followed.order_id, followed.image_list
-        ):
-            report.add_output(outcome.status, outcome.path, outcome.error)
+    ledger = uploader.ledger
+    async with open_download_session(connections=uploader.settings.concurrency) as session:
+        downloader = OutputDownloader(
+            session,
+            directory,
+            budget=uploader.storage_budget,
+            # Without a durable ledger, a file of the announced size counts as done.
+            ledger=ledger if ledger is not None and ledger.durable else None,
+            retry=uploader.settings.retry,
+            concurrency=uploader.settings.concurrency,
+        )
+        for followed in follower.orders.values():
+            if not followed.final:
+                continue
+            for outcome in await downloader.fetch_order(
+                followed.key, followed.order_id, followed.image_list
+            ):
+                report.add_output(outcome.status, outcome.path, outcome.error)
     report.requests.retries += downloader.retries
 
 
@@ -202,12 +202,12 @@ async def download_from_ledger(settings: Settings, directory: Path) -> Report:
     ledger: Ledger = await open_ledger(settings)
     report = Report()
     try:
-        async with aiohttp.ClientSession(auto_decompress=False, trust_env=True) as session:
+        async with open_download_session(connections=settings.concurrency) as session:
             downloader = OutputDownloader(
                 session,
                 directory,
                 budget=None,
-                journal=ledger,
+                ledger=ledger,
                 retry=settings.retry,
                 concurrency=settings.concurrency,
             )

@@ -7,8 +7,8 @@ from typing import Any, Literal
 
 import orjson
 
-from styldod_batch.contract import FINAL_ORDER_STATUSES
 from styldod_batch.errors import ConfigurationError, StyldodError
+from styldod_batch.status import is_final_status
 
 # sent: the request may have reached the service (outcome unknown until a reply)
 # created: the service returned its orderID
@@ -81,7 +81,7 @@ class OrderRecord:
 
     @property
     def final(self) -> bool:
-        return self.status in FINAL_ORDER_STATUSES
+        return is_final_status(self.status)
 
     @property
     def live(self) -> bool:

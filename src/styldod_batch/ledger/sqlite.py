@@ -36,6 +36,7 @@ from styldod_batch.ledger.records import (
     OrderRecord,
 )
 from styldod_batch.ledger.store import Ledger
+from styldod_batch.status import status_rank
 
 T = TypeVar("T")
 
@@ -43,15 +44,6 @@ SCHEMA_VERSION = "2"
 BATCH_ROWS = 512
 BATCH_SECONDS = 0.05
 BUSY_TIMEOUT_S = 60.0
-
-# How far along a status is; a report of a lower one never overwrites a higher one.
-STATUS_RANK = {
-    "pre_processing": 1,
-    "expert_assigned": 2,
-    "post_processing": 3,
-    "completed": 4,
-    "error": 4,
-}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -799,7 +791,7 @@ def _load_view(
 
 def _write_progress(c: sqlite3.Connection, order_id: str, status: str, image_list: bytes) -> None:
     row = c.execute("SELECT status FROM orders WHERE order_id = ?", (order_id,)).fetchone()
-    if row is not None and STATUS_RANK.get(row[0] or "", 0) > STATUS_RANK.get(status, 0):
+    if row is not None and status_rank(row[0]) > status_rank(status):
         return  # an older report arriving late
     c.execute(
         "UPDATE orders SET status = ?, result = ?, updated_at = ? WHERE order_id = ?",
