@@ -19,7 +19,7 @@ from styldod_batch.errors import AuthenticationError, ConfigurationError
 from styldod_batch.jobfile import load_job_file, merge_settings
 from styldod_batch.ledger import Ledger, OrderRecord, SQLiteLedger, known_ledgers, open_ledger
 from styldod_batch.ledger import ledger_path as account_ledger_path
-from styldod_batch.manifest import option_problem, validate_manifest
+from styldod_batch.manifest import option_problem, stage_manifest
 from styldod_batch.report import Report
 from styldod_batch.runtime import run_async
 from styldod_batch.scan import check_inputs
@@ -564,25 +564,29 @@ def _cmd_upload(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     if not settings.dry_run and not settings.api_key:
         raise ConfigurationError("no API key: set STYLDOD_API_KEY or pass --api-key")
-    source: Sequence[str] | ManifestSource
-    if args.manifest is not None:
-        if args.paths:
-            raise ConfigurationError("give PATHs or --manifest, not both")
-        if not args.manifest.is_file():
-            raise ConfigurationError(f"{args.manifest}: no such manifest")
-        problems = validate_manifest(args.manifest, max_images_per_order=settings.order_size)
-        if problems:
-            for problem in problems:
+    if args.manifest is None:
+        check_inputs(args.paths)
+        return _upload(args, settings, args.paths)
+    if args.paths:
+        raise ConfigurationError("give PATHs or --manifest, not both")
+    if not args.manifest.is_file():
+        raise ConfigurationError(f"{args.manifest}: no such manifest")
+    # Read and checked once; the run takes the same index back.
+    with stage_manifest(args.manifest) as staged:
+        if staged.problems:
+            for problem in staged.problems:
                 print(f"styldod-batch: {problem}", file=sys.stderr)
-            if not args.skip_invalid:
+            if not args.skip_invalid or staged.fatal is not None:
                 raise ConfigurationError(
-                    f"{args.manifest}: {len(problems)} problem(s); nothing was sent "
+                    f"{args.manifest}: {len(staged.problems)} problem(s); nothing was sent "
                     "(fix them, or pass --skip-invalid to upload the valid rows)"
                 )
-        source = ManifestSource(args.manifest)
-    else:
-        check_inputs(args.paths)
-        source = args.paths
+        return _upload(args, settings, ManifestSource(args.manifest, staged=staged))
+
+
+def _upload(
+    args: argparse.Namespace, settings: Settings, source: Sequence[str] | ManifestSource
+) -> int:
     if settings.dry_run:
         return _dry_run(settings, source, args)
     if args.download is not None:

@@ -60,6 +60,7 @@ from styldod_batch.ledger import (
     Owner,
     open_ledger,
 )
+from styldod_batch.manifest import StagedManifest
 from styldod_batch.models import ImageItem, ImageResult, OrderResult, UploadTarget
 from styldod_batch.orders import Grouper, OrderPart, item_key, order_name, order_payload
 from styldod_batch.report import Report, peak_rss_mb
@@ -76,9 +77,11 @@ PlanCallback = Callable[[dict[str, Any]], None]
 
 @dataclass(frozen=True, slots=True)
 class ManifestSource:
-    """Run on a manifest (CSV or JSON Lines) instead of folders."""
+    """Run on a manifest (CSV or JSON Lines) instead of folders. ``staged``: the manifest as
+    ``stage_manifest`` read it already (the caller closes it); else the run reads it."""
 
     path: Path
+    staged: StagedManifest | None = field(default=None, compare=False)
 
 
 Source = Sequence[str | os.PathLike[str]] | AsyncIterable[ImageItem] | ManifestSource
@@ -202,21 +205,24 @@ class Uploader:
         if self.ledger is None:
             raise StyldodError("use the Uploader inside 'async with Uploader(settings) as up'")
         feed = _feed_for(source, self.settings)
-        if self.settings.dry_run:
-            from styldod_batch.plan import plan_run
+        try:
+            if self.settings.dry_run:
+                from styldod_batch.plan import plan_run
 
-            report = await plan_run(
-                feed,
-                self.settings,
-                self.ledger,
-                global_options=self.global_options,
-                on_plan=self.on_plan,
-                on_image=self.on_image,
-                on_order=self.on_order,
-            )
-        else:
-            run = self._current = _Run(self, self.ledger)
-            report = await run.execute(feed)
+                report = await plan_run(
+                    feed,
+                    self.settings,
+                    self.ledger,
+                    global_options=self.global_options,
+                    on_plan=self.on_plan,
+                    on_image=self.on_image,
+                    on_order=self.on_order,
+                )
+            else:
+                run = self._current = _Run(self, self.ledger)
+                report = await run.execute(feed)
+        finally:
+            await asyncio.to_thread(feed.close)
         self.last_report = report
         return report
 
@@ -255,6 +261,8 @@ class Feed(Protocol):
 
     def relist(self, listing: str) -> AsyncIterator[ScanEvent]: ...
 
+    def close(self) -> None: ...
+
 
 class _FolderFeed:
     can_relist = True
@@ -267,6 +275,9 @@ class _FolderFeed:
 
     def relist(self, listing: str) -> AsyncIterator[ScanEvent]:
         return threaded(lambda: self.scan.relist(listing))
+
+    def close(self) -> None:
+        return None
 
 
 class _ItemFeed:
@@ -285,12 +296,15 @@ class _ItemFeed:
     def relist(self, listing: str) -> AsyncIterator[ScanEvent]:
         raise NotImplementedError("items from the caller cannot be listed again")
 
+    def close(self) -> None:
+        return None
+
 
 def _feed_for(source: Source, settings: Settings) -> Feed:
     if isinstance(source, ManifestSource):
         from styldod_batch.manifest import ManifestFeed
 
-        return ManifestFeed(source.path, max_images_per_order=settings.order_size)
+        return ManifestFeed(source.path, staged=source.staged)
     if isinstance(source, AsyncIterable):
         return _ItemFeed(source)
     return _FolderFeed(FolderScan(source, follow_symlinks=settings.follow_symlinks))

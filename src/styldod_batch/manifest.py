@@ -201,16 +201,16 @@ class StagedManifest:
         if self.fatal is not None:
             raise ConfigurationError(str(self.fatal))
         shown_manifest = str(self.manifest)
-        for path, line, problem in self.db.execute(
-            "SELECT path, line, problem FROM rows WHERE problem IS NOT NULL ORDER BY line"
-        ):
-            if path is not None:
-                yield InputError(path, problem)
-            else:  # no file to name: the manifest's line stands in for it
-                yield InputError(f"{shown_manifest}:{line}", problem)
+        failed = self.db.execute(
+            "SELECT r.line, r.path, GROUP_CONCAT(p.shown, '; ') FROM rows r"
+            " JOIN problems p ON p.line = r.line WHERE r.bad = 1 GROUP BY r.line ORDER BY r.line"
+        )
+        for line, path, text in failed:
+            # A row without a file: the manifest's line stands in for it.
+            yield InputError(path if path is not None else f"{shown_manifest}:{line}", text)
         # Listings in the order the manifest first names them.
         listings = self.db.execute(
-            "SELECT listing, MIN(line) AS first FROM rows WHERE problem IS NULL"
+            "SELECT listing, MIN(line) AS first FROM rows WHERE bad = 0"
             " GROUP BY listing ORDER BY first"
         ).fetchall()
         for listing, _first in listings:
@@ -219,7 +219,7 @@ class StagedManifest:
     def listing_events(self, listing: str) -> Iterator[ImageItem | InputError | GroupEnd]:
         rows = self.db.execute(
             "SELECT line, path, client_image_id, order_name, listing_name, sequence, options"
-            " FROM rows WHERE listing = ? AND problem IS NULL ORDER BY line",
+            " FROM rows WHERE listing = ? AND bad = 0 ORDER BY line",
             (listing,),
         )
         for line, path, client_image_id, order, name, sequence, options in rows:
@@ -248,11 +248,17 @@ CREATE TABLE rows (
     path TEXT,
     sequence INTEGER,
     options BLOB,
-    problem TEXT          -- NULL for a usable row
+    bad INTEGER NOT NULL DEFAULT 0
 );
-CREATE UNIQUE INDEX rows_by_id ON rows (listing, client_image_id) WHERE problem IS NULL;
-CREATE UNIQUE INDEX rows_by_path ON rows (listing, path) WHERE problem IS NULL;
+-- Each problem of a row: as the list of problems shows it, and as a run's failure names it.
+CREATE TABLE problems (
+    line INTEGER NOT NULL,
+    column_name TEXT,
+    message TEXT NOT NULL,
+    shown TEXT NOT NULL
+);
 """
+_INSERT_BATCH = 4096
 
 
 def stage_manifest(path: Path, *, max_problems: int = MAX_PROBLEMS) -> StagedManifest:
@@ -263,106 +269,137 @@ def stage_manifest(path: Path, *, max_problems: int = MAX_PROBLEMS) -> StagedMan
     """
     staged = StagedManifest(path, tempfile.TemporaryDirectory(prefix="styldod-manifest-"))
     try:
-        _stage(staged, path, max_problems)
+        _stage(staged, path)
+        _find_repeats(staged)
+        staged.db.execute("CREATE INDEX rows_by_listing ON rows (listing, line) WHERE bad = 0")
+        staged.problems = _first_problems(staged, max_problems)
     except BaseException:
         staged.close()
         raise
     return staged
 
 
-def _stage(staged: StagedManifest, path: Path, max_problems: int) -> None:
-    omitted = 0
-    first_omitted = 0
+def _stage(staged: StagedManifest, path: Path) -> None:
+    """One pass over the manifest: good rows and bad rows (with their problems) into the
+    index, in batches; repeats are found afterwards, over the whole index."""
     shown_manifest = str(path)
     db = staged.db
-    db.execute("BEGIN")
+    good: list[tuple[Any, ...]] = []
+    bad: list[tuple[Any, ...]] = []
+    problems: list[tuple[Any, ...]] = []
 
-    def add(problem: ManifestProblem) -> None:
-        nonlocal omitted, first_omitted
-        if len(staged.problems) < max_problems:
-            staged.problems.append(problem)
-            return
-        omitted += 1
-        first_omitted = first_omitted or problem.line
+    def flush() -> None:
+        db.executemany(
+            "INSERT INTO rows (line, listing, listing_name, order_name, client_image_id, path,"
+            " sequence, options) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            good,
+        )
+        db.executemany("INSERT INTO rows (line, listing, path, bad) VALUES (?, ?, ?, 1)", bad)
+        db.executemany(
+            "INSERT INTO problems (line, column_name, message, shown) VALUES (?, ?, ?, ?)",
+            problems,
+        )
+        good.clear()
+        bad.clear()
+        problems.clear()
 
-    def fail(record: _Record, problems: list[ManifestProblem], text: str | None = None) -> None:
-        for problem in problems:
-            add(problem)
-        if text is None:
-            text = (
-                "; ".join(str(p) for p in problems)
-                if record.path is not None
-                else "; ".join(_brief(p) for p in problems)
-            )
-        db.execute(
-            "INSERT INTO rows (line, listing, path, problem) VALUES (?, ?, ?, ?)",
-            (record.line, record.listing, record.path, text),
+    def fail(record: _Record, found: list[ManifestProblem], shown: list[str] | None = None) -> None:
+        bad.append((record.line, record.listing, record.path))
+        if shown is None:
+            brief = record.path is None
+            shown = [_brief(p) if brief else str(p) for p in found]
+        problems.extend(
+            (p.line, p.column, p.message, text) for p, text in zip(found, shown, strict=True)
         )
 
+    db.execute("BEGIN")
     try:
         for record in _records(path):
             staged.rows += 1
             if record.problems or record.row is None:
                 fail(record, record.problems)
-                continue
-            row = record.row
-            reason, _info, _type = _check_file(row.path)
-            if reason is not None:
-                # The run's failure names the file already; the list of problems does not.
-                named = ManifestProblem(shown_manifest, row.line, "path", f"{reason}: {row.path}")
-                alone = ManifestProblem(shown_manifest, row.line, "path", reason)
-                fail(record, [named], str(alone))
-                continue
-            try:
-                db.execute(
-                    "INSERT INTO rows (line, listing, listing_name, order_name, client_image_id,"
-                    " path, sequence, options) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        row.line,
-                        row.listing,
-                        row.listing_name,
-                        row.order,
-                        row.client_image_id,
-                        row.path,
-                        row.sequence,
-                        orjson.dumps(row.options),
-                    ),
-                )
-            except sqlite3.IntegrityError:
-                fail(record, [_listed_twice(db, shown_manifest, row)])
+            else:
+                row = record.row
+                reason, _info, _type = _check_file(row.path)
+                if reason is not None:
+                    # The run's failure names the file already; the list of problems does not.
+                    named = ManifestProblem(
+                        shown_manifest, row.line, "path", f"{reason}: {row.path}"
+                    )
+                    alone = ManifestProblem(shown_manifest, row.line, "path", reason)
+                    fail(record, [named], [str(alone)])
+                else:
+                    good.append(
+                        (
+                            row.line,
+                            row.listing,
+                            row.listing_name,
+                            row.order,
+                            row.client_image_id,
+                            row.path,
+                            row.sequence,
+                            orjson.dumps(row.options),
+                        )
+                    )
+            if len(good) + len(bad) >= _INSERT_BATCH:
+                flush()
     except _Fatal as fatal:
         staged.fatal = fatal.problem
-        add(fatal.problem)
+        problems.append((fatal.problem.line, fatal.problem.column, fatal.problem.message, ""))
     else:
         if staged.rows == 0:
-            add(ManifestProblem(shown_manifest, 1, None, "the manifest lists no images"))
+            problems.append((1, None, "the manifest lists no images", ""))
+    flush()
     db.execute("COMMIT")
-    db.execute("CREATE INDEX rows_by_listing ON rows (listing, line)")
-    if omitted:
-        message = f"... and {omitted} more problem{'s' if omitted > 1 else ''}"
-        staged.problems.append(ManifestProblem(shown_manifest, first_omitted, None, message))
 
 
-def _listed_twice(db: sqlite3.Connection, manifest: str, row: ManifestRow) -> ManifestProblem:
-    earlier = db.execute(
-        "SELECT line FROM rows WHERE listing = ? AND client_image_id = ? AND problem IS NULL",
-        (row.listing, row.client_image_id),
-    ).fetchone()
-    if earlier is not None:
-        return ManifestProblem(
-            manifest,
-            row.line,
-            "client_image_id",
-            f"{row.client_image_id!r} is already used in this order (line {earlier[0]})",
+def _find_repeats(staged: StagedManifest) -> None:
+    """A ``client_image_id``, then a file, named twice in one listing: every row after the
+    first fails (the ledger knows an image by its listing and ID)."""
+    db = staged.db
+    manifest = str(staged.manifest)
+    for column, message in (
+        ("client_image_id", "{value!r} is already used in this order (line {first})"),
+        ("path", "this file is already listed in this order (line {first})"),
+    ):
+        db.execute(f"CREATE INDEX repeats ON rows (listing, {column}, line) WHERE bad = 0")
+        repeats = db.execute(
+            f"SELECT line, {column}, first FROM (SELECT line, {column}, MIN(line) OVER"  # noqa: S608
+            f" (PARTITION BY listing, {column}) AS first FROM rows WHERE bad = 0)"
+            " WHERE line != first"
+        ).fetchall()
+        db.execute("BEGIN")
+        for line, value, first in repeats:
+            problem = ManifestProblem(
+                manifest, line, column, message.format(value=value, first=first)
+            )
+            db.execute("UPDATE rows SET bad = 1 WHERE line = ?", (line,))
+            db.execute(
+                "INSERT INTO problems (line, column_name, message, shown) VALUES (?, ?, ?, ?)",
+                (line, column, problem.message, str(problem)),
+            )
+        db.execute("COMMIT")
+        db.execute("DROP INDEX repeats")
+
+
+def _first_problems(staged: StagedManifest, max_problems: int) -> list[ManifestProblem]:
+    manifest = str(staged.manifest)
+    found = [
+        ManifestProblem(manifest, line, column, message)
+        for line, column, message in staged.db.execute(
+            "SELECT line, column_name, message FROM problems ORDER BY line, rowid LIMIT ?",
+            (max_problems,),
         )
-    earlier = db.execute(
-        "SELECT line FROM rows WHERE listing = ? AND path = ? AND problem IS NULL",
-        (row.listing, row.path),
-    ).fetchone()
-    line = earlier[0] if earlier else "?"
-    return ManifestProblem(
-        manifest, row.line, "path", f"this file is already listed in this order (line {line})"
-    )
+    ]
+    (total,) = staged.db.execute("SELECT COUNT(*) FROM problems").fetchone()
+    omitted = total - len(found)
+    if omitted > 0:
+        (first,) = staged.db.execute(
+            "SELECT line FROM problems ORDER BY line, rowid LIMIT 1 OFFSET ?", (max_problems,)
+        ).fetchone()
+        message = f"... and {omitted} more problem{'s' if omitted > 1 else ''}"
+        found.append(ManifestProblem(manifest, first, None, message))
+    return found
 
 
 class ManifestFeed:
@@ -370,9 +407,7 @@ class ManifestFeed:
 
     can_relist = True
 
-    def __init__(
-        self, path: Path, *, max_images_per_order: int = 100, staged: StagedManifest | None = None
-    ) -> None:
+    def __init__(self, path: Path, *, staged: StagedManifest | None = None) -> None:
         self.path = path
         self._staged = staged
         self._owned = staged is None
