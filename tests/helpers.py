@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import hashlib
 import os
-import re
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 
 from styldod_batch.sandbox import Sandbox
@@ -71,30 +73,32 @@ def json_report(completed: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     return report
 
 
-_FOLLOW_UP = re.compile(r"^(?P<base>.*?)(?: \((?P<batch>\d+)\))?$")
-
-
-def ordered_images(sandbox: Sandbox) -> collections.Counter[tuple[str, str]]:
-    """How many of the sandbox's orders hold each (listing, client_image_id): a follow-up
-    order ``L (2)`` counts for listing ``L``."""
+async def ordered_contents(sandbox: Sandbox) -> collections.Counter[str]:
+    """How many of the sandbox's orders hold each content (the MD5 that storage reports for
+    each ordered image): what an order holds, whatever it names it."""
     assert sandbox.api is not None
-    counts: collections.Counter[tuple[str, str]] = collections.Counter()
-    for order in sandbox.api.orders.values():
-        match = _FOLLOW_UP.match(order.order_name or "")
-        assert match is not None
-        for image in order.images:
-            counts[(match.group("base"), image.client_image_id)] += 1
+    presigner = sandbox.api.presigner
+    counts: collections.Counter[str] = collections.Counter()
+    async with aiohttp.ClientSession() as http:
+        for order in sandbox.api.orders.values():
+            for image in order.images:
+                for key in image.object_keys:
+                    async with http.head(presigner.direct_url("HEAD", key)) as answer:
+                        assert answer.status == 200, key
+                        counts[answer.headers["ETag"].strip('"')] += 1
     return counts
 
 
-def assert_each_file_in_one_order(sandbox: Sandbox, files: list[Path]) -> None:
-    """Every file (named by its folder and its name) is in exactly one order, and no order
-    holds anything else."""
-    counts = ordered_images(sandbox)
-    expected = {(f.parent.name, f.name) for f in files}
-    twice = {key: n for key, n in counts.items() if n > 1}
-    assert not twice, f"in more than one order: {twice}"
-    missing, unexpected = sorted(expected - set(counts)), sorted(set(counts) - expected)
+async def assert_each_file_in_one_order(sandbox: Sandbox, files: list[Path]) -> None:
+    """Every file's content is in exactly one order, and no order holds anything else."""
+    counts = await ordered_contents(sandbox)
+    by_content = await asyncio.to_thread(
+        lambda: {hashlib.md5(f.read_bytes(), usedforsecurity=False).hexdigest(): f for f in files}
+    )
+    twice = [str(by_content.get(md5, md5)) for md5, n in counts.items() if n > 1]
+    assert not twice, f"in more than one order: {twice[:5]}"
+    missing = sorted(str(f) for md5, f in by_content.items() if md5 not in counts)
+    unexpected = sorted(set(counts) - set(by_content))
     assert not missing and not unexpected, f"missing {missing[:5]}, unexpected {unexpected[:5]}"
 
 

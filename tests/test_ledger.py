@@ -81,7 +81,7 @@ async def test_a_late_photo_goes_into_a_named_follow_up_order(
         ("listing-01 (2)", 1, "listing-01")
     ]
     assert order_names(box) == ["listing-01", "listing-01 (2)", "listing-02"]
-    assert_each_file_in_one_order(box, files_of(photos))
+    await assert_each_file_in_one_order(box, files_of(photos))
     assert_one_key_per_order(box)
     summary = await asyncio.to_thread(
         run_cli, "upload", str(photos), "--no-progress", env=env_for(box)
@@ -121,7 +121,7 @@ async def test_without_follow_ups_late_photos_are_named_not_ordered(
     # Turned back on, the late photo goes into a follow-up order.
     assert (await upload(box, photos)).returncode == 0
     assert order_names(box) == ["listing-01", "listing-02", "listing-02 (2)"]
-    assert_each_file_in_one_order(box, files_of(photos))
+    await assert_each_file_in_one_order(box, files_of(photos))
 
 
 async def test_a_changed_photo_is_reported_and_reordered_only_when_asked(
@@ -179,7 +179,7 @@ async def test_a_subset_or_another_working_folder_never_orders_twice(
         assert json_report(completed)["images"]["uploaded"] == 0
     assert box.log.entries[requests:] == [], "a re-run of done work sends nothing"
     assert order_names(box) == ["listing-01", "listing-02", "listing-03"]
-    assert_each_file_in_one_order(box, files_of(photos))
+    await assert_each_file_in_one_order(box, files_of(photos))
 
 
 # -- 3. the library ----------------------------------------------------------------------------
@@ -261,7 +261,7 @@ async def test_two_processes_on_one_job_order_each_listing_once(
         assert process.returncode == 0, err
 
     assert len(order_names(box)) == 6
-    assert_each_file_in_one_order(box, files_of(photos))
+    await assert_each_file_in_one_order(box, files_of(photos))
     assert_one_key_per_order(box)
 
 
@@ -278,7 +278,7 @@ async def test_four_overlapping_processes_twenty_times_each_image_in_one_order(
             assert code == 0, f"trial {trial}: {err}"
             assert "Traceback" not in err
         assert len(order_names(box)) == 8, f"trial {trial}: {order_names(box)}"
-        assert_each_file_in_one_order(box, files_of(photos))
+        await assert_each_file_in_one_order(box, files_of(photos))
         assert_one_key_per_order(box)
 
 

@@ -47,10 +47,11 @@ def start(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
     )
 
 
-def orders_are_exactly_once(box: Sandbox, expected_orders: int, root: Path) -> None:
+async def orders_are_exactly_once(box: Sandbox, expected_orders: int, root: Path) -> None:
     assert box.api is not None
     assert len(box.api.orders) == expected_orders, "exactly one order per listing, never two"
-    assert_each_file_in_one_order(box, sorted(root.rglob("*.jpg")))
+    files = await asyncio.to_thread(lambda: sorted(root.rglob("*.jpg")))
+    await assert_each_file_in_one_order(box, files)
     assert_one_key_per_order(box)
 
 
@@ -83,7 +84,7 @@ async def test_sigkill_at_random_moments_then_rerun_creates_each_order_once(
     images = report["images"]
     assert images["uploaded"] + images["already_done"] == 500 and images["failed"] == 0
     assert len(report["orders"]) == 10 and all(o["orderID"] for o in report["orders"])
-    orders_are_exactly_once(box, 10, tmp_path / "job")
+    await orders_are_exactly_once(box, 10, tmp_path / "job")
 
     # A re-run of the finished job sends no PUT and no order request.
     before = len(box.log)
@@ -213,4 +214,4 @@ async def test_sigint_finishes_in_flight_work_and_a_rerun_completes(
     again = json_report(final)
     assert again["images"]["already_done"] >= uploaded_before
     assert again["images"]["already_done"] + again["images"]["uploaded"] == 200
-    orders_are_exactly_once(box, 4, tmp_path / "job")
+    await orders_are_exactly_once(box, 4, tmp_path / "job")

@@ -362,6 +362,7 @@ class _Run:
         self.held: dict[str, str] = {}
         self.deferred: list[str] = []
         self._batch_numbers: int | None = None
+        self._batch_lock = asyncio.Lock()
 
     async def execute(self, feed: Feed) -> Report:
         keeper = asyncio.create_task(self._keep_claims())
@@ -854,16 +855,19 @@ class _Run:
             await self._send(result, ref, body, key, items)
 
     async def _batch_of(self, part: OrderPart, states: dict[str, _ListingRun]) -> int:
-        if not part.listing:  # fixed-size batches are numbered across the account
-            if self._batch_numbers is None:
-                self._batch_numbers = await self.ledger.next_batch(None)
-            else:
-                self._batch_numbers += 1
-            return self._batch_numbers
-        state = states[part.listing]
-        if state.batch is None:
-            state.batch = await self.ledger.next_batch(state.listing_id)
-        return state.batch
+        """Every part of a listing this run places takes one batch number; the lock keeps two
+        parts placed at once from reading the ledger on either side of the other's write."""
+        async with self._batch_lock:
+            if not part.listing:  # fixed-size batches are numbered across the account
+                if self._batch_numbers is None:
+                    self._batch_numbers = await self.ledger.next_batch(None)
+                else:
+                    self._batch_numbers += 1
+                return self._batch_numbers
+            state = states[part.listing]
+            if state.batch is None:
+                state.batch = await self.ledger.next_batch(state.listing_id)
+            return state.batch
 
     async def _resend(self, state: _ListingRun, order: OrderRecord) -> None:
         """An order sent before whose outcome is unknown: the same key, the same body."""
