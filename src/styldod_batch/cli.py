@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import math
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -19,7 +22,8 @@ from styldod_batch.errors import AuthenticationError, ConfigurationError
 from styldod_batch.jobfile import load_job_file, merge_settings
 from styldod_batch.ledger import Ledger, OrderRecord, SQLiteLedger, known_ledgers, open_ledger
 from styldod_batch.ledger import ledger_path as account_ledger_path
-from styldod_batch.manifest import option_problem, stage_manifest
+from styldod_batch.manifest import stage_manifest
+from styldod_batch.options import option_problem
 from styldod_batch.report import Report
 from styldod_batch.runtime import run_async
 from styldod_batch.scan import check_inputs
@@ -32,6 +36,7 @@ EXIT_FAILURES = 1
 EXIT_USAGE = 2
 EXIT_AUTH = 3
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell shows for `ls | head`
 
 
 def _probability(text: str) -> float:
@@ -235,8 +240,17 @@ def _rate(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
     if value < 0:
         raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = _rate(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be more than 0 seconds")
     return value
 
 
@@ -385,7 +399,7 @@ def _add_upload_parser(commands: argparse._SubParsersAction[argparse.ArgumentPar
     )
     p.add_argument(
         "--wait-timeout",
-        type=float,
+        type=_seconds,
         default=3600.0,
         metavar="SECONDS",
         help="how long to wait for orders to finish (default: %(default)s)",
@@ -840,12 +854,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         code: int = args.func(args)
+        sys.stdout.flush()
     except ConfigurationError as exc:
         print(f"styldod-batch: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return _reader_went_away()
+    except BaseExceptionGroup as group:
+        if group.subgroup(BrokenPipeError) is None or group.split(BrokenPipeError)[1]:
+            raise
+        return _reader_went_away()
     return code
+
+
+def _reader_went_away() -> int:
+    """The reader of our output left (``| head``): end quietly, as ``ls | head`` does. What
+    is still buffered goes nowhere, so Python's exit does not complain about it."""
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Final, NoReturn
 
 from styldod_batch.errors import ConfigurationError
-from styldod_batch.manifest import option_problem
+from styldod_batch.options import option_problem
 from styldod_batch.settings import ENV_API_KEY, ENV_API_SECRET, Settings
 
 _NUMBER = (int, float)

@@ -45,19 +45,17 @@ from typing import Any, BinaryIO, Literal
 
 import orjson
 
-from styldod_batch.contract import CONTENT_TYPES_BY_SUFFIX, OPTION_TYPES, SERVICES
+from styldod_batch.contract import CONTENT_TYPES_BY_SUFFIX, OPTION_TYPES
 from styldod_batch.errors import ConfigurationError, InputError
 from styldod_batch.models import ImageItem
+from styldod_batch.options import option_problem, show_value
 from styldod_batch.scan import GroupEnd, ScanEvent, folder_listing, shown
 
 FIELDS = frozenset({"path", "client_image_id", "order", "sequence", "options"})
-# Image fields the uploader itself sets: an option of that name would clash in the payload.
-_IMAGE_FIELDS = frozenset({"client_image_id", "image_urls", "sequence"})
 MAX_PROBLEMS = 1000
 # A JSON line longer than this is reported, not read: one runaway line must not fill memory.
 MAX_LINE_BYTES = 1024 * 1024
 _BOM = b"\xef\xbb\xbf"
-_TYPE_NAMES = {bool: "boolean (true or false)", str: "string", int: "integer", float: "number"}
 _ACCEPTED_SUFFIXES = ", ".join(sorted(CONTENT_TYPES_BY_SUFFIX))
 
 ManifestFormat = Literal["csv", "jsonl"]
@@ -90,24 +88,6 @@ class ManifestRow:
     # The listing's identity and name (see the module docstring).
     listing: str = ""
     listing_name: str = ""
-
-
-def option_problem(name: str, value: Any) -> str | None:
-    """Why ``value`` cannot be option ``name`` (the API's own checks), or None when it can.
-
-    The message leaves the name out: callers say where the option was.
-    """
-    if name in _IMAGE_FIELDS:
-        return "set by the uploader itself: it cannot be an option"
-    expected = OPTION_TYPES.get(name)
-    if expected is None or value is None:
-        return None
-    if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
-        kind = _TYPE_NAMES.get(expected, expected.__name__)
-        return f"must be a {kind}, not {_show(value)}"
-    if name == "service" and value not in SERVICES:
-        return f"unknown service {value!r} (one of {', '.join(sorted(SERVICES))})"
-    return None
 
 
 def manifest_format(path: Path) -> ManifestFormat:
@@ -691,12 +671,12 @@ def _jsonl_record(context: _Context, line: int, raw: bytes) -> _Record:
     raw_path = obj.get("path")
     if raw_path is not None and not isinstance(raw_path, str):
         record.problems.append(
-            context.problem(line, "path", f"must be a string, not {_show(raw_path)}")
+            context.problem(line, "path", f"must be a string, not {show_value(raw_path)}")
         )
         raw_path = None
     client_image_id = obj.get("client_image_id")
     if client_image_id is not None and not isinstance(client_image_id, str):
-        message = f"must be a string, not {_show(client_image_id)}"
+        message = f"must be a string, not {show_value(client_image_id)}"
         record.problems.append(context.problem(line, "client_image_id", message))
         client_image_id = None
     order = obj.get("order")
@@ -705,13 +685,13 @@ def _jsonl_record(context: _Context, line: int, raw: bytes) -> _Record:
     elif isinstance(order, int) and not isinstance(order, bool):
         record.order = str(order)
     elif order is not None:
-        message = f"must be a string, not {_show(order)}"
+        message = f"must be a string, not {show_value(order)}"
         record.problems.append(context.problem(line, "order", message))
     sequence = obj.get("sequence")
     if sequence is not None and (
         not isinstance(sequence, int) or isinstance(sequence, bool) or sequence < 1
     ):
-        message = f"must be a positive integer, not {_show(sequence)}"
+        message = f"must be a positive integer, not {show_value(sequence)}"
         record.problems.append(context.problem(line, "sequence", message))
         sequence = None
     from_field = _options_field(context, record, obj.get("options"))
@@ -742,7 +722,7 @@ def _options_field(context: _Context, record: _Record, value: Any) -> dict[str, 
         record.problems.append(context.problem(record.line, "options", message))
         return {}
     if not isinstance(value, dict):
-        message = f"must be a JSON object, not {_show(value)}"
+        message = f"must be a JSON object, not {show_value(value)}"
         record.problems.append(context.problem(record.line, "options", message))
         return {}
     return value
@@ -797,11 +777,3 @@ def _os_reason(exc: OSError) -> str:
     if isinstance(exc, PermissionError):
         return "permission denied"
     return str(exc.strerror or exc)
-
-
-def _show(value: Any) -> str:
-    """A value as the manifest spells it (JSON), for messages."""
-    try:
-        return orjson.dumps(value).decode()
-    except TypeError:
-        return repr(value)

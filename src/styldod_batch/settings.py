@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -11,6 +12,7 @@ from urllib.parse import urlsplit
 
 from styldod_batch.contract import DEFAULT_CONTRACT, Contract
 from styldod_batch.errors import ConfigurationError
+from styldod_batch.options import option_problem
 
 DEFAULT_BASE_URL = "https://orderapi.styldod.com"
 ENV_API_KEY = "STYLDOD_API_KEY"
@@ -19,6 +21,8 @@ ENV_BASE_URL = "STYLDOD_BASE_URL"
 ENV_STATE = "STYLDOD_STATE"
 
 OrderBy = Literal["folder", "none"]
+# Uploads in flight at once: beyond this, more workers only cost memory (each holds a buffer).
+MAX_CONCURRENCY = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,14 +122,16 @@ def validate(settings: Settings) -> None:
             f"base URL {settings.base_url!r} uses plain http://; the API is HTTPS only "
             "(plain http is accepted for loopback hosts alone)"
         )
-    if settings.rps <= 0:
-        raise ConfigurationError(f"rps must be positive, not {settings.rps}")
-    if settings.upload_rps is not None and settings.upload_rps < 0:
+    _check_number("rps", settings.rps, positive=True)
+    if settings.upload_rps is not None:
+        _check_number("upload_rps", settings.upload_rps, positive=False)
+    if not 1 <= settings.concurrency <= MAX_CONCURRENCY:
         raise ConfigurationError(
-            f"upload_rps must be 0 (unlimited) or positive, not {settings.upload_rps}"
+            f"concurrency must be between 1 and {MAX_CONCURRENCY}, not {settings.concurrency}"
         )
-    if settings.concurrency < 1:
-        raise ConfigurationError(f"concurrency must be at least 1, not {settings.concurrency}")
+    for name in ("api_timeout_s", "storage_idle_timeout_s", "lease_s", "window_margin_s"):
+        _check_number(name, getattr(settings, name), positive=name != "window_margin_s")
+    _check_number("stop_grace_s", settings.stop_grace_s, positive=False)
     limit = settings.contract.max_images_per_order
     if not 1 <= settings.order_size <= limit:
         raise ConfigurationError(
@@ -137,12 +143,24 @@ def validate(settings: Settings) -> None:
         hook = urlsplit(settings.webhook_url)
         if hook.scheme not in ("http", "https") or not hook.hostname:
             raise ConfigurationError(f"webhook URL {settings.webhook_url!r} is not an http(s) URL")
-    if not settings.lease_s > 0 or settings.lease_s == float("inf"):
-        raise ConfigurationError(
-            f"lease_s must be a positive number of seconds, not {settings.lease_s}"
-        )
+    for name, value in settings.options.items():
+        problem = option_problem(name, value)
+        if problem is not None:
+            raise ConfigurationError(f"option {name} {problem}")
     if settings.api_secret is not None and not settings.api_key:
         raise ConfigurationError("an API secret was given without an API key")
+
+
+def _check_number(name: str, value: float, *, positive: bool) -> None:
+    """A finite number, positive (or, with ``positive`` False, at least 0)."""
+    ok = (
+        isinstance(value, int | float)
+        and math.isfinite(value)
+        and (value > 0 if positive else value >= 0)
+    )
+    if not ok:
+        kind = "a positive" if positive else "0 or a positive"
+        raise ConfigurationError(f"{name} must be {kind} finite number, not {value}")
 
 
 def from_environment(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
