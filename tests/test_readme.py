@@ -25,3 +25,9 @@ def test_readme_library_example_runs(tmp_path: Path) -> None:
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.count("order listing-0") == 2
     assert "Images: 6 total, 6 uploaded, 0 skipped, 0 failed" in completed.stdout
+    assert "Outputs: 6 downloaded" in completed.stdout
+    # Upload, follow and download in one program: each output is the sandbox's "edit" of its
+    # input (the same bytes), in edited/<listing>/<image>.
+    for photo in (tmp_path / "photos").rglob("*.jpg"):
+        edited = tmp_path / "edited" / photo.parent.name / photo.name
+        assert edited.read_bytes() == photo.read_bytes()

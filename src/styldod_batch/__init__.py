@@ -19,20 +19,29 @@ from styldod_batch.errors import (
 from styldod_batch.models import ImageItem, ImageResult, OrderResult
 from styldod_batch.report import Report
 from styldod_batch.settings import RetryPolicy, Settings
+from styldod_batch.version import __version__
 
 if TYPE_CHECKING:
-    from styldod_batch.engine import RunAborted, Uploader, upload
+    from styldod_batch.engine import ManifestSource, RunAborted, Uploader, upload
+    from styldod_batch.webhooks import WebhookReceiver
 
 # The engine (and with it aiohttp, a quarter of a second to import) loads on first use, so
 # a command that never talks to the API starts fast.
-_FROM_ENGINE = ("RunAborted", "Uploader", "upload")
+_LAZY = {
+    "ManifestSource": "styldod_batch.engine",
+    "RunAborted": "styldod_batch.engine",
+    "Uploader": "styldod_batch.engine",
+    "upload": "styldod_batch.engine",
+    "WebhookReceiver": "styldod_batch.webhooks",
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name in _FROM_ENGINE:
-        from styldod_batch import engine
+    module = _LAZY.get(name)
+    if module is not None:
+        import importlib
 
-        return getattr(engine, name)
+        return getattr(importlib.import_module(module), name)
     raise AttributeError(f"module 'styldod_batch' has no attribute {name!r}")
 
 
@@ -45,6 +54,7 @@ __all__ = [
     "ImageItem",
     "ImageResult",
     "InputError",
+    "ManifestSource",
     "NetworkError",
     "OrderResult",
     "RateLimited",
@@ -55,5 +65,7 @@ __all__ = [
     "Settings",
     "StyldodError",
     "Uploader",
+    "WebhookReceiver",
+    "__version__",
     "upload",
 ]

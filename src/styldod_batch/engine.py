@@ -45,6 +45,7 @@ from styldod_batch.errors import (
     UnprocessableEntity,
     UploadURLExpired,
 )
+from styldod_batch.follow import OrderFollower
 from styldod_batch.ledger import (
     ClaimLost,
     Held,
@@ -68,6 +69,7 @@ from styldod_batch.rerun import Verdict, classify
 from styldod_batch.retry import retrying
 from styldod_batch.scan import FolderScan, GroupEnd, ScanEvent, Skipped
 from styldod_batch.settings import Settings
+from styldod_batch.webhooks import WebhookReceiver
 
 ImageCallback = Callable[[ImageResult], None]
 OrderCallback = Callable[[OrderResult], None]
@@ -89,6 +91,8 @@ Source = Sequence[str | os.PathLike[str]] | AsyncIterable[ImageItem] | ManifestS
 _DONE = object()
 _EMPTY = object()
 SCAN_BATCH = 256
+# Results a ``stream()`` reader may lag behind before the run waits for it.
+STREAM_QUEUE = 1024
 ORDER_WORKERS = 4
 PRESIGN_WORKERS = 2
 # How often a run looks again at a listing another run holds.
@@ -145,6 +149,7 @@ class Uploader:
         self.ledger: Ledger | None = None
         self.stopping = asyncio.Event()
         self._current: _Run | None = None
+        self._follower: OrderFollower | None = None
 
     @property
     def session(self) -> aiohttp.ClientSession | None:
@@ -159,7 +164,8 @@ class Uploader:
         return self._current.snapshot()
 
     def request_stop(self) -> None:
-        """Stop taking new work; what is in flight finishes within ``stop_grace_s``."""
+        """Stop taking new work; what is in flight gets ``stop_grace_s`` to finish, then the
+        run ends with its report (``interrupted``). The Uploader can run again afterwards."""
         self.stopping.set()
 
     async def __aenter__(self) -> Uploader:
@@ -202,8 +208,70 @@ class Uploader:
 
         Raises ``RunAborted`` (carrying the report so far) when the API refuses the key.
         """
+        return await self._run(source, None)
+
+    async def stream(self, source: Source) -> AsyncIterator[ImageResult | OrderResult]:
+        """Each image and order result as it happens; the report is ``self.last_report``.
+
+        Results pass through a bounded queue: a reader that falls behind slows the run down
+        rather than piling results up. Concurrent streams each get their own.
+        """
+        results: asyncio.Queue[ImageResult | OrderResult] = asyncio.Queue(maxsize=STREAM_QUEUE)
+        task = asyncio.create_task(self._run(source, results))
+        try:
+            while True:
+                if results.empty() and task.done():
+                    break
+                getter = asyncio.ensure_future(results.get())
+                await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+                if getter.done():
+                    yield getter.result()
+                else:
+                    getter.cancel()
+            task.result()
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    def listen(self, receiver: WebhookReceiver, *, poll: bool = False) -> None:
+        """Follow orders by the events of ``receiver`` (which the caller runs, and whose URL
+        ``settings.webhook_url`` names) instead of polling (``poll``: as well as). Call it
+        before ``run``, so that no event is missed: each is recorded in the ledger before the
+        receiver answers 200."""
+        self._follower = OrderFollower(
+            self.api, self.ledger, poll=poll, poll_interval_s=self.settings.poll_interval_s
+        )
+        receiver.on_event = self._follower.on_event
+
+    async def follow(self, report: Report, *, timeout_s: float = 3600.0) -> bool:
+        """Wait until every order of ``report`` is ``completed`` or ``error``; False when
+        ``timeout_s`` ran out first. By polling (low priority in the rate budget), unless
+        ``listen`` gave a receiver. Each order's final status and image list land in the
+        report; an image the service marked as an error is one of its failures."""
+        from styldod_batch.outcomes import follow_report
+
+        if self._follower is None:
+            self._follower = OrderFollower(
+                self.api, self.ledger, poll=True, poll_interval_s=self.settings.poll_interval_s
+            )
+        return await follow_report(self, self._follower, report, timeout_s=timeout_s)
+
+    async def download(self, report: Report, directory: str | os.PathLike[str]) -> None:
+        """Fetch the outputs of the report's finished orders (after ``follow``) into
+        ``directory/<listing>/<client_image_id>``: streamed, written atomically, never twice.
+        The counts land in ``report.outputs``."""
+        from styldod_batch.outcomes import download_report
+
+        await download_report(self, report, Path(directory))
+
+    async def _run(
+        self, source: Source, sink: asyncio.Queue[ImageResult | OrderResult] | None
+    ) -> Report:
         if self.ledger is None:
             raise StyldodError("use the Uploader inside 'async with Uploader(settings) as up'")
+        self.stopping.clear()  # a stopped Uploader can run again
         feed = _feed_for(source, self.settings)
         try:
             if self.settings.dry_run:
@@ -219,34 +287,12 @@ class Uploader:
                     on_order=self.on_order,
                 )
             else:
-                run = self._current = _Run(self, self.ledger)
+                run = self._current = _Run(self, self.ledger, sink)
                 report = await run.execute(feed)
         finally:
             await asyncio.to_thread(feed.close)
         self.last_report = report
         return report
-
-    async def stream(self, source: Source) -> AsyncIterator[ImageResult | OrderResult]:
-        """Each image and order result as it happens; the report is ``self.last_report``."""
-        events: asyncio.Queue[ImageResult | OrderResult | object] = asyncio.Queue()
-        outer_image, outer_order = self.on_image, self.on_order
-
-        def push(result: ImageResult | OrderResult) -> None:
-            events.put_nowait(result)
-
-        self.on_image = self.on_order = push
-        task = asyncio.create_task(self.run(source))
-        task.add_done_callback(lambda _t: events.put_nowait(_DONE))
-        try:
-            while (event := await events.get()) is not _DONE:
-                yield event  # type: ignore[misc]
-            task.result()
-        finally:
-            self.on_image, self.on_order = outer_image, outer_order
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
 
 
 # -- sources ---------------------------------------------------------------------------------
@@ -335,9 +381,15 @@ class _ListingRun:
 class _Run:
     """The state of one run: queues, listings held, groups in progress, the report."""
 
-    def __init__(self, uploader: Uploader, ledger: Ledger) -> None:
+    def __init__(
+        self,
+        uploader: Uploader,
+        ledger: Ledger,
+        sink: asyncio.Queue[ImageResult | OrderResult] | None = None,
+    ) -> None:
         self.up = uploader
         self.ledger = ledger
+        self.sink = sink
         self.settings = uploader.settings
         self.owner = Owner.for_this_run()
         self.report = Report(requests=RequestCounters())
@@ -363,9 +415,31 @@ class _Run:
         self.deferred: list[str] = []
         self._batch_numbers: int | None = None
         self._batch_lock = asyncio.Lock()
+        self._grace_over = False
 
     async def execute(self, feed: Feed) -> Report:
         keeper = asyncio.create_task(self._keep_claims())
+        me = asyncio.current_task()
+        assert me is not None
+        grace = asyncio.create_task(self._end_after_grace(me))
+        try:
+            await self._stages(feed)
+        except asyncio.CancelledError:
+            if not self._grace_over:
+                raise
+            me.uncancel()  # the library's own deadline: the run ends with its report
+        finally:
+            for helper in (keeper, grace):
+                helper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await helper
+            self.report.interrupted = self.up.stopping.is_set()
+            with contextlib.suppress(StyldodError):
+                await self.ledger.release(self.owner)
+                await self.ledger.flush()
+        return self._finish_report()
+
+    async def _stages(self, feed: Feed) -> None:
         try:
             async with asyncio.TaskGroup() as group:
                 self.group = group
@@ -386,15 +460,6 @@ class _Run:
             raise RunAborted(cause, self.report) from None
         except* LedgerError as broken:
             raise broken.exceptions[0] from None
-        finally:
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
-            self.report.interrupted = self.up.stopping.is_set()
-            with contextlib.suppress(StyldodError):
-                await self.ledger.release(self.owner)
-                await self.ledger.flush()
-        return self._finish_report()
 
     def snapshot(self) -> Report:
         """The report as it stands (counts and time brought up to date)."""
@@ -410,6 +475,14 @@ class _Run:
         self.report.elapsed_s = time.monotonic() - self.started
         self.report.peak_rss_mb = peak_rss_mb()
         return self.report
+
+    async def _end_after_grace(self, run: asyncio.Task[Any]) -> None:
+        """After a stop is asked for, what is in flight gets ``stop_grace_s``; then the run
+        is cut short (its report says so, and a re-run finishes the job)."""
+        await self.up.stopping.wait()
+        await asyncio.sleep(self.settings.stop_grace_s)
+        self._grace_over = True
+        run.cancel()
 
     async def _keep_claims(self) -> None:
         """Renew this run's leases well before they run out."""
@@ -462,9 +535,9 @@ class _Run:
                     self._closed(closed)
                 await self._maybe_release(event.group)
         elif isinstance(event, Skipped):
-            self._image(ImageResult(event.path, "skipped", error=event.reason))
+            await self._image(ImageResult(event.path, "skipped", error=event.reason))
         elif isinstance(event, InputError):
-            self._image(ImageResult(event.path, "failed", error=event.reason))
+            await self._image(ImageResult(event.path, "failed", error=event.reason))
             self.ledger.record_failure(_absolute(event.path), event.reason)
 
     async def _enter(self, item: ImageItem, feed: Feed) -> _ListingRun | None:
@@ -514,19 +587,21 @@ class _Run:
                 reorder_changed=self.settings.reorder_changed,
             )
         except InputError as exc:
-            self._image(ImageResult(item.path, "failed", item.client_image_id, error=exc.reason))
+            await self._image(
+                ImageResult(item.path, "failed", item.client_image_id, error=exc.reason)
+            )
             return
         if verdict is Verdict.ORDERED:
             assert record is not None and record.order_ref is not None
             order = view.orders.get(record.order_ref)
             if (record.size, record.mtime_ns) != (item.size, item.mtime_ns):
                 self._remember(state, item, md5, record.image_url, "ordered")
-            self._already_ordered(state, item, order)
+            await self._already_ordered(state, item, order)
         elif verdict is Verdict.CHANGED:
             assert record is not None and record.order_ref is not None
             order = view.orders.get(record.order_ref)
             self._remember(state, item, md5, None, "changed")
-            self._image(
+            await self._image(
                 ImageResult(
                     item.path,
                     "changed",
@@ -540,7 +615,7 @@ class _Run:
             )
         elif verdict is Verdict.LATE:
             self._remember(state, item, None, None, "late")
-            self._image(
+            await self._image(
                 ImageResult(
                     item.path,
                     "late",
@@ -553,7 +628,7 @@ class _Run:
         elif verdict is Verdict.REUSE:
             assert record is not None
             part = self._group(item)
-            self._settle(
+            await self._settle(
                 part,
                 item,
                 ImageResult(
@@ -586,10 +661,10 @@ class _Run:
             ),
         )
 
-    def _already_ordered(
+    async def _already_ordered(
         self, state: _ListingRun, item: ImageItem, order: OrderRecord | None
     ) -> None:
-        self._image(
+        await self._image(
             ImageResult(
                 item.path,
                 "ordered",
@@ -602,7 +677,7 @@ class _Run:
         if order is None or order.ref in state.reported or order.state == "sent":
             return  # an order being asked about again is reported when the answer comes
         state.reported.add(order.ref)
-        self._order(
+        await self._order(
             OrderResult(
                 order.name,
                 "created" if order.state == "created" else "failed",
@@ -682,13 +757,13 @@ class _Run:
                     await self._presign([one])
                 return
             item, part = batch[0]
-            self._failed(part, item, str(exc))
+            await self._failed(part, item, str(exc))
             return
         except (AuthenticationError, PermissionDenied):
             raise
         except StyldodError as exc:
             for item, part in batch:
-                self._failed(part, item, f"no upload URL: {exc}")
+                await self._failed(part, item, f"no upload URL: {exc}")
             return
         for (item, part), target in zip(batch, targets, strict=True):
             await self.ready.put((item, part, target))
@@ -717,7 +792,7 @@ class _Run:
                     attempts=result.attempts,
                     error=result.error,
                 )
-            self._settle(part, item, result)
+            await self._settle(part, item, result)
 
     async def _upload(self, item: ImageItem, part: OrderPart, target: UploadTarget) -> ImageResult:
         api = self.up.api
@@ -776,21 +851,23 @@ class _Run:
 
     # -- stage 4: orders -----------------------------------------------------------------------
 
-    def _image(self, result: ImageResult) -> None:
+    async def _image(self, result: ImageResult) -> None:
         self.report.add_image(result)
         if self.up.on_image is not None:
             self.up.on_image(result)
+        if self.sink is not None:
+            await self.sink.put(result)  # a slow reader of ``stream()`` slows the run
 
-    def _failed(self, part: OrderPart, item: ImageItem, error: str) -> None:
-        self._settle(
+    async def _failed(self, part: OrderPart, item: ImageItem, error: str) -> None:
+        await self._settle(
             part,
             item,
             ImageResult(item.path, "failed", item.client_image_id, item.group, error=error),
         )
 
-    def _settle(self, part: OrderPart, item: ImageItem, result: ImageResult) -> None:
+    async def _settle(self, part: OrderPart, item: ImageItem, result: ImageResult) -> None:
         part.results[item_key(item)] = result
-        self._image(result)
+        await self._image(result)
         if part.settled:
             self._place(part)
 
@@ -829,7 +906,7 @@ class _Run:
         )
         if not images:
             result.error = "no image of this order was uploaded"
-            self._order(result)
+            await self._order(result)
             return
         items = [
             OrderItem(
@@ -850,7 +927,7 @@ class _Run:
                 ref = await self.ledger.write_order_ahead(self.owner, draft)
             except ClaimLost as exc:
                 result.error = str(exc)
-                self._order(result)
+                await self._order(result)
                 return
             await self._send(result, ref, body, key, items)
 
@@ -901,7 +978,7 @@ class _Run:
         except Conflict as exc:
             self.ledger.settle_order(ref, OrderOutcome("conflict", error=str(exc)))
             result.error = f"{exc}: kept as it is, never created again under a new key"
-            self._order(result)
+            await self._order(result)
             return
         except StyldodError as exc:
             if isinstance(exc, APIError) and _definite_refusal(exc):
@@ -915,18 +992,20 @@ class _Run:
                 # the same key and body.
                 self.ledger.settle_order(ref, OrderOutcome("sent", error=str(exc)))
                 result.error = f"outcome unknown, a re-run asks again with the same key: {exc}"
-            self._order(result)
+            await self._order(result)
             return
         order_id, status = str(answer["orderID"]), answer.get("order_status")
         self.ledger.settle_order(ref, OrderOutcome("created", order_id=order_id, status=status))
         result.status, result.order_id, result.order_status = "created", order_id, status
         result.replayed = replayed
-        self._order(result)
+        await self._order(result)
 
-    def _order(self, result: OrderResult) -> None:
+    async def _order(self, result: OrderResult) -> None:
         self.report.add_order(result)
         if self.up.on_order is not None:
             self.up.on_order(result)
+        if self.sink is not None:
+            await self.sink.put(result)
 
 
 def _definite_refusal(exc: APIError) -> bool:
@@ -1015,6 +1094,15 @@ def upload(
 
     Keeps the account's ledger like every run (``ledger=False`` opts out).
     """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass  # no loop: this call runs one
+    else:
+        raise StyldodError(
+            "styldod_batch.upload() runs an event loop of its own, and one is running here: "
+            "use 'async with Uploader(settings) as up: report = await up.run(paths)'"
+        )
     from styldod_batch.runtime import run_async
     from styldod_batch.settings import from_environment
 

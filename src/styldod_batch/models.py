@@ -86,6 +86,8 @@ class OrderResult:
     label: str = ""
     # A later order of a listing ordered before: "<listing> (2)".
     follow_up: bool = False
+    # The service's image list (statuses, output URLs), once the order was followed.
+    outputs: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(slots=True)

@@ -151,7 +151,7 @@ class FolderScan:
         for given, _real in self.inputs.folders:
             yield from self._walk(given, visited)
         for folder, files in self.inputs.files.items():
-            yield from self._listing(files[0].parent, folder, [f.name for f in files])
+            yield from self._listing(files[0].parent, folder, [f.name for f in files], named=True)
 
     def relist(self, listing: str) -> Iterator[ScanEvent]:
         """The events of one listing of these inputs, scanned again."""
@@ -160,16 +160,18 @@ class FolderScan:
         real = listing[len(FOLDER_LISTING) :]
         names = self.inputs.files.get(real)
         if names is not None:
-            yield from self._listing(Path(real), real, [f.name for f in names])
+            yield from self._listing(Path(real), real, [f.name for f in names], named=True)
             return
         files, _folders, skipped = self._entries(Path(real))
         yield from skipped
         yield from self._listing(Path(real), real, files)
 
-    def _listing(self, folder: Path, real: str, names: list[str]) -> Iterator[ScanEvent]:
+    def _listing(
+        self, folder: Path, real: str, names: list[str], *, named: bool = False
+    ) -> Iterator[ScanEvent]:
         names.sort(key=natural_key)
         listing = folder_listing(real)
-        yield from _files(folder, real, names, listing)
+        yield from _files(folder, real, names, listing, named=named)
         yield GroupEnd(listing)
 
     def _walk(self, root: Path, visited: set[tuple[int, int]]) -> Iterator[ScanEvent]:
@@ -227,7 +229,11 @@ def scan(
     return FolderScan(paths, follow_symlinks=follow_symlinks).events()
 
 
-def _files(folder: Path, real_folder: str, names: list[str], listing: str) -> Iterator[ScanEvent]:
+def _files(
+    folder: Path, real_folder: str, names: list[str], listing: str, *, named: bool = False
+) -> Iterator[ScanEvent]:
+    """The images among ``names``; a file that is not one is skipped, or, when it was
+    ``named`` on its own as an input, fails (as a manifest row naming it does)."""
     group = os.path.basename(real_folder) or "root"
     for name in names:
         path = folder / name
@@ -239,11 +245,11 @@ def _files(folder: Path, real_folder: str, names: list[str], listing: str) -> It
             continue
         content_type = content_type_for(name)
         if content_type is None:
-            yield Skipped(
-                text,
+            reason = (
                 "not an image type the API accepts "
-                f"({', '.join(sorted(set(CONTENT_TYPES_BY_SUFFIX)))})",
+                f"({', '.join(sorted(set(CONTENT_TYPES_BY_SUFFIX)))})"
             )
+            yield InputError(text, reason) if named else Skipped(text, reason)
             continue
         try:
             info = path.stat()

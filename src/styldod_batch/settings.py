@@ -91,6 +91,8 @@ class Settings:
     follow_symlinks: bool = False
     # After a stop is requested, in-flight requests get this long to finish.
     stop_grace_s: float = 30.0
+    # Following orders by polling: each order is asked about at most this often.
+    poll_interval_s: float = 2.0
 
     def __post_init__(self) -> None:
         validate(self)
@@ -129,7 +131,13 @@ def validate(settings: Settings) -> None:
         raise ConfigurationError(
             f"concurrency must be between 1 and {MAX_CONCURRENCY}, not {settings.concurrency}"
         )
-    for name in ("api_timeout_s", "storage_idle_timeout_s", "lease_s", "window_margin_s"):
+    for name in (
+        "api_timeout_s",
+        "storage_idle_timeout_s",
+        "lease_s",
+        "window_margin_s",
+        "poll_interval_s",
+    ):
         _check_number(name, getattr(settings, name), positive=name != "window_margin_s")
     _check_number("stop_grace_s", settings.stop_grace_s, positive=False)
     limit = settings.contract.max_images_per_order

@@ -13,9 +13,7 @@ from pathlib import Path
 
 from styldod_batch.download import OutputDownloader, open_download_session
 from styldod_batch.engine import RunAborted, Source, Uploader
-from styldod_batch.follow import OrderFollower
 from styldod_batch.ledger import Ledger, open_ledger
-from styldod_batch.models import OrderResult
 from styldod_batch.report import Progress, Report
 from styldod_batch.settings import Settings
 from styldod_batch.webhooks import WebhookReceiver
@@ -72,7 +70,7 @@ async def _run_job(
     main = asyncio.current_task()
     assert main is not None
     async with Uploader(
-        settings,
+        settings.with_changes(poll_interval_s=follow.poll_interval_s),
         on_image=progress.image if progress else None,
         on_order=progress.order if progress else None,
     ) as uploader:
@@ -87,24 +85,14 @@ async def _run_job(
                 file=sys.stderr,
                 flush=True,
             )
-            uploader.request_stop()
-            loop.call_later(settings.stop_grace_s, main.cancel)
+            uploader.request_stop()  # the library ends the run after the grace
 
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, on_signal, signum)
         try:
-            # Without a receiver, following an order means polling it.
-            follower = OrderFollower(
-                uploader.api,
-                uploader.ledger,
-                poll=follow.wait or receiver is None,
-                poll_interval_s=follow.poll_interval_s,
-            )
-            if receiver is not None:
-                receiver.on_event = follower.on_event
-            result: Report | RunAborted = await _upload_and_follow(
-                uploader, paths, follow, follower
-            )
+            if receiver is not None:  # with --wait, its orders are polled too
+                uploader.listen(receiver, poll=follow.wait)
+            result: Report | RunAborted = await _upload_and_follow(uploader, paths, follow)
         except asyncio.CancelledError:
             report = uploader.current_report
             assert report is not None
@@ -119,7 +107,7 @@ async def _run_job(
 
 
 async def _upload_and_follow(
-    uploader: Uploader, paths: Source, follow: FollowOptions, follower: OrderFollower
+    uploader: Uploader, paths: Source, follow: FollowOptions
 ) -> Report | RunAborted:
     try:
         report = await uploader.run(paths)
@@ -127,74 +115,10 @@ async def _upload_and_follow(
         return aborted
     if not follow.follows or report.interrupted:
         return report
-    ledger = uploader.ledger
-    for order in report.orders:
-        if order.order_id:
-            row = await ledger.order_by_id(order.order_id) if ledger is not None else None
-            # Outputs go to DIR/<listing>/: a listing's follow-up orders land beside its first.
-            follower.watch(
-                order.label or order.key,
-                order.order_id,
-                row.status if row else order.order_status,
-                row.image_list if row else None,
-            )
-    finished = await follower.wait(follow.timeout_s)
-    apply_outcomes(report, follower, finished=finished)
-    if follow.download_dir is not None and uploader.session is not None:
-        await download_outputs(report, uploader, follower, follow.download_dir)
+    await uploader.follow(report, timeout_s=follow.timeout_s)
+    if follow.download_dir is not None:
+        await uploader.download(report, follow.download_dir)
     return report
-
-
-def apply_outcomes(report: Report, follower: OrderFollower, *, finished: bool) -> None:
-    """Each order's final status into the report; an image the service failed is a failure."""
-    by_id = {o.order_id: o for o in report.orders if o.order_id}
-    for followed in follower.orders.values():
-        result: OrderResult | None = by_id.get(followed.order_id)
-        if result is None:
-            continue
-        result.order_status = followed.status or result.order_status
-        for client_image_id in followed.image_errors:
-            report.processing_failed += 1
-            report.failures.append(
-                {
-                    "path": f"{followed.key}/{client_image_id}",
-                    "error": f"order {followed.order_id}: "
-                    "the service marked this image as an error",
-                }
-            )
-    if not finished:
-        waiting = [o.key for o in follower.orders.values() if not o.final]
-        report.failures.append(
-            {
-                "path": ", ".join(waiting[:10]),
-                "error": "timed out waiting for these orders to finish",
-            }
-        )
-        report.processing_failed += len(waiting)
-
-
-async def download_outputs(
-    report: Report, uploader: Uploader, follower: OrderFollower, directory: Path
-) -> None:
-    ledger = uploader.ledger
-    async with open_download_session(connections=uploader.settings.concurrency) as session:
-        downloader = OutputDownloader(
-            session,
-            directory,
-            budget=uploader.storage_budget,
-            # Without a durable ledger, a file of the announced size counts as done.
-            ledger=ledger if ledger is not None and ledger.durable else None,
-            retry=uploader.settings.retry,
-            concurrency=uploader.settings.concurrency,
-        )
-        for followed in follower.orders.values():
-            if not followed.final:
-                continue
-            for outcome in await downloader.fetch_order(
-                followed.key, followed.order_id, followed.image_list
-            ):
-                report.add_output(outcome.status, outcome.path, outcome.error)
-    report.requests.retries += downloader.retries
 
 
 async def download_from_ledger(settings: Settings, directory: Path) -> Report:

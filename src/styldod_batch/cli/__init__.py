@@ -1,0 +1,65 @@
+"""The runner: arguments -> settings -> engine -> report and exit status.
+
+One module per command; ``common`` holds what they share."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from collections.abc import Sequence
+
+from styldod_batch.cli import demo, download, sandbox, status, upload, webhooks
+from styldod_batch.cli.common import (
+    EXIT_BROKEN_PIPE,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+)
+from styldod_batch.cli.parser import Parser
+from styldod_batch.errors import ConfigurationError
+from styldod_batch.version import __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog="styldod-batch",
+        description="Stream bulk image files into pre-signed storage PUTs and place Styldod "
+        "orders, within the API's rate limit.",
+    )
+    parser.add_argument("--version", action="version", version=f"styldod-batch {__version__}")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=Parser
+    )
+    for command in (upload, status, download, webhooks, demo, sandbox):
+        command.add_parser(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+        sys.stdout.flush()
+    except ConfigurationError as exc:
+        print(f"styldod-batch: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return _reader_went_away()
+    except BaseExceptionGroup as group:
+        if group.subgroup(BrokenPipeError) is None or group.split(BrokenPipeError)[1]:
+            raise
+        return _reader_went_away()
+    return code
+
+
+def _reader_went_away() -> int:
+    """The reader of our output left (``| head``): end quietly, as ``ls | head`` does. What
+    is still buffered goes nowhere, so Python's exit does not complain about it."""
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return EXIT_BROKEN_PIPE
