@@ -18,11 +18,11 @@ from typing import Any, Literal
 
 from benchmarks.dataset import FileSet
 from benchmarks.proc import Measured, clean_env
+from benchmarks.targets import SANDBOX_API_KEY
 
 HERE = Path(__file__).resolve().parent
 DRIVERS = HERE / "drivers"
 VENV_BIN = Path(sys.executable).parent
-SANDBOX_API_KEY = "sandbox-key"
 
 # What a contender needs from its target: pre-signed URLs, S3 credentials, the Order API,
 # or nothing at all (a dry run).

@@ -31,6 +31,9 @@ from benchmarks.proc import Service, children_of, clean_env, stop_if_same
 from styldod_batch.sandbox.presign import Presigner
 from styldod_batch.sandbox.seaweed import SeaweedS3, free_port
 
+# The key the benchmarks' sandbox accepts (its command would otherwise make up one).
+SANDBOX_API_KEY = "sandbox-key"
+
 URL_TTL_S = 6 * 3600
 READY_TIMEOUT_S = 90.0
 
@@ -250,6 +253,8 @@ class SandboxProcess:
                 "0",
                 "--rps",
                 str(self.rps),
+                "--api-key",
+                SANDBOX_API_KEY,
                 "--log",
                 str(self.log_path),
             ],

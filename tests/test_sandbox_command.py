@@ -133,6 +133,11 @@ async def test_sandbox_command_serves_and_stops_cleanly(
         match = FIRST_LINE.fullmatch(first.decode().rstrip("\n"))
         assert match, (first, await process.stderr.read())
         base_url = f"http://127.0.0.1:{match.group(1)}"
+        # A fresh key each start, printed second.
+        second = (await asyncio.wait_for(process.stdout.readline(), 10)).decode()
+        key_line = re.fullmatch(r"API key: (sandbox-[0-9a-f]{16})\n", second)
+        assert key_line, second
+        key = key_line.group(1)
 
         # SeaweedFS runs as a child of the command while it serves.
         children = descendants(process.pid)
@@ -145,7 +150,7 @@ async def test_sandbox_command_serves_and_stops_cleanly(
         async with aiohttp.ClientSession() as http:
             async with http.post(url, json=body) as resp:
                 assert resp.status == 401
-            async with http.post(url, json=body, headers={"api-key": "sandbox-key"}) as resp:
+            async with http.post(url, json=body, headers={"api-key": key}) as resp:
                 assert resp.status == 200
                 (slot,) = (await resp.json())["upload_urls"]
             assert slot["upload_url"].startswith("http://127.0.0.1:")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import queue
 import re
@@ -61,6 +62,7 @@ from styldod_batch.ledger import (
     Owner,
     open_ledger,
 )
+from styldod_batch.logs import event as log_event
 from styldod_batch.manifest import StagedManifest
 from styldod_batch.models import ImageItem, ImageResult, OrderResult, UploadTarget
 from styldod_batch.orders import Grouper, OrderPart, item_key, order_name, order_payload
@@ -307,6 +309,10 @@ class Feed(Protocol):
 
     def relist(self, listing: str) -> AsyncIterator[ScanEvent]: ...
 
+    def count(self, stop: threading.Event) -> int | None:
+        """How many events (other than ``GroupEnd``) ``events()`` yields, worked out apart
+        from them (blocking; None when it cannot be known ahead)."""
+
     def close(self) -> None: ...
 
 
@@ -321,6 +327,15 @@ class _FolderFeed:
 
     def relist(self, listing: str) -> AsyncIterator[ScanEvent]:
         return threaded(lambda: self.scan.relist(listing))
+
+    def count(self, stop: threading.Event) -> int | None:
+        # A walk of its own, so the total is known long before the uploads reach the end.
+        found = 0
+        for event in self.scan.events():
+            if stop.is_set():
+                return None
+            found += not isinstance(event, GroupEnd)
+        return found
 
     def close(self) -> None:
         return None
@@ -341,6 +356,9 @@ class _ItemFeed:
 
     def relist(self, listing: str) -> AsyncIterator[ScanEvent]:
         raise NotImplementedError("items from the caller cannot be listed again")
+
+    def count(self, stop: threading.Event) -> int | None:
+        return None
 
     def close(self) -> None:
         return None
@@ -419,21 +437,26 @@ class _Run:
 
     async def execute(self, feed: Feed) -> Report:
         keeper = asyncio.create_task(self._keep_claims())
+        counting = self._count_ahead(feed)
         me = asyncio.current_task()
         assert me is not None
         grace = asyncio.create_task(self._end_after_grace(me))
         try:
             await self._stages(feed)
+            self.report.phase = "done"
         except asyncio.CancelledError:
             if not self._grace_over:
                 raise
             me.uncancel()  # the library's own deadline: the run ends with its report
         finally:
+            counting.set()
             for helper in (keeper, grace):
                 helper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await helper
             self.report.interrupted = self.up.stopping.is_set()
+            if self.report.interrupted:
+                self.report.phase = "stopped"
             with contextlib.suppress(StyldodError):
                 await self.ledger.release(self.owner)
                 await self.ledger.flush()
@@ -476,6 +499,25 @@ class _Run:
         self.report.peak_rss_mb = peak_rss_mb()
         return self.report
 
+    def _count_ahead(self, feed: Feed) -> threading.Event:
+        """Count the inputs in a thread of their own (the report's ``expected``); returns the
+        event that stops it. A daemon thread: a run never waits for it to end."""
+        stop = threading.Event()
+        loop = asyncio.get_running_loop()
+
+        def settle(found: int | None) -> None:
+            if found is not None and not stop.is_set():
+                self.report.expected = found
+
+        def count() -> None:
+            with contextlib.suppress(Exception):  # a count is a nicety: the run does not need it
+                found = feed.count(stop)
+                with contextlib.suppress(RuntimeError):  # the loop is gone
+                    loop.call_soon_threadsafe(settle, found)
+
+        threading.Thread(target=count, name="styldod-count", daemon=True).start()
+        return stop
+
     async def _end_after_grace(self, run: asyncio.Task[Any]) -> None:
         """After a stop is asked for, what is in flight gets ``stop_grace_s``; then the run
         is cut short (its report says so, and a re-run finishes the job)."""
@@ -498,16 +540,25 @@ class _Run:
         async for event in feed.events():
             if stopping.is_set():
                 break
+            if not isinstance(event, GroupEnd):
+                self.report.found += 1
             await self._take(event, feed)
         if not stopping.is_set():
+            self.report.scan_complete = True
             self._end_all()
             # Listings another run held: wait for each to be let go, then take what is left.
             while self.deferred and not stopping.is_set():
                 listing = self.deferred.pop(0)
+                log_event(
+                    logging.INFO,
+                    "listing_waiting",
+                    f"{_listing_name(listing)}: waiting for {self.held.get(listing)} to finish it",
+                    listing=listing,
+                )
                 self.held.pop(listing, None)
                 if await self._wait_for(listing) is None:
                     break
-                async for event in feed.relist(listing):
+                async for event in feed.relist(listing):  # counted when first met
                     if stopping.is_set():
                         break
                     await self._take(event, feed)
@@ -517,6 +568,7 @@ class _Run:
 
     async def _take(self, event: ScanEvent, feed: Feed) -> None:
         if isinstance(event, ImageItem):
+            self.report.phase = "uploading"
             state = self.listings.get(event.listing)
             if state is None:
                 if event.listing in self.held:
@@ -535,6 +587,8 @@ class _Run:
                     self._closed(closed)
                 await self._maybe_release(event.group)
         elif isinstance(event, Skipped):
+            log_event(logging.DEBUG, "file_skipped", f"{event.path}: skipped: {event.reason}",
+                      path=event.path, reason=event.reason)  # fmt: skip
             await self._image(ImageResult(event.path, "skipped", error=event.reason))
         elif isinstance(event, InputError):
             await self._image(ImageResult(event.path, "failed", error=event.reason))
@@ -848,11 +902,18 @@ class _Run:
         for _ in workers:
             await self.ready.put(_DONE)
         await asyncio.gather(*workers)
+        self.report.phase = "placing orders"
 
     # -- stage 4: orders -----------------------------------------------------------------------
 
     async def _image(self, result: ImageResult) -> None:
         self.report.add_image(result)
+        if result.status == "failed":
+            log_event(logging.WARNING, "file_failed", f"{result.path}: {result.error}",
+                      path=result.path, reason=result.error)  # fmt: skip
+        elif result.status in ("changed", "late"):
+            log_event(logging.INFO, f"file_{result.status}", f"{result.path}: {result.error}",
+                      path=result.path, order=result.order)  # fmt: skip
         if self.up.on_image is not None:
             self.up.on_image(result)
         if self.sink is not None:
@@ -1002,6 +1063,21 @@ class _Run:
 
     async def _order(self, result: OrderResult) -> None:
         self.report.add_order(result)
+        if not result.resumed:
+            ok = result.status == "created"
+            log_event(
+                logging.INFO if ok else logging.WARNING,
+                "order",
+                f"order {result.key}: {result.order_id if ok else result.error}"
+                f" ({result.images} image{'' if result.images == 1 else 's'})",
+                order=result.key,
+                state=result.status,
+                order_id=result.order_id,
+                images=result.images,
+                follow_up=result.follow_up,
+                replayed=result.replayed,
+                error=result.error,
+            )
         if self.up.on_order is not None:
             self.up.on_order(result)
         if self.sink is not None:

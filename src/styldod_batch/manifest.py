@@ -38,6 +38,7 @@ import os
 import sqlite3
 import stat
 import tempfile
+import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -408,6 +409,10 @@ class ManifestFeed:
         assert self._staged is not None
         staged = self._staged
         return threaded(lambda: staged.listing_events(listing))
+
+    def count(self, stop: threading.Event) -> int | None:
+        # Staged already (by the runner): its rows; else the run stages it, and learns then.
+        return self._staged.rows if self._staged is not None else None
 
     def close(self) -> None:
         if self._owned and self._staged is not None:

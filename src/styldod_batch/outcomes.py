@@ -24,6 +24,7 @@ async def follow_report(
     uploader: Uploader, follower: OrderFollower, report: Report, *, timeout_s: float
 ) -> bool:
     """Wait until every order of ``report`` is final (True), or ``timeout_s`` runs out."""
+    report.phase = "waiting for orders"
     ledger = uploader.ledger
     for order in report.orders:
         if order.order_id:
@@ -73,6 +74,7 @@ def apply_outcomes(report: Report, follower: OrderFollower, *, finished: bool) -
 async def download_report(uploader: Uploader, report: Report, directory: Path) -> None:
     """Fetch the outputs of the report's finished orders into ``DIR/<listing>/<image id>``."""
     check_download_folder(directory)
+    report.phase = "downloading"
     ledger = uploader.ledger
     settings = uploader.settings
     async with open_download_session(connections=settings.concurrency) as session:
@@ -91,5 +93,5 @@ async def download_report(uploader: Uploader, report: Report, directory: Path) -
             for outcome in await downloader.fetch_order(
                 order.label or order.key, order.order_id, order.outputs
             ):
-                report.add_output(outcome.status, outcome.path, outcome.error)
+                report.add_output(outcome.status, outcome.path, outcome.error, outcome.size)
     report.requests.retries += downloader.retries

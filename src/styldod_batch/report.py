@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import resource
 import sys
-import time
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import Any
+
+from rich.cells import cell_len
 
 from styldod_batch.models import ImageResult, OrderResult, RequestCounters
 
@@ -53,6 +54,17 @@ class Report:
     peak_rss_mb: float = 0.0
     dry_run: bool = False
     interrupted: bool = False
+    # Images (and skipped files) the run met so far; complete once ``scan_complete``.
+    found: int = 0
+    scan_complete: bool = False
+    # How many the inputs hold, counted apart from the run (None until known).
+    expected: int | None = None
+    # What the run is doing: scanning, uploading, placing orders, waiting for orders,
+    # downloading, done.
+    phase: str = "scanning"
+    # A report of the ``download`` command alone.
+    download_only: bool = False
+    bytes_downloaded: int = 0
 
     def add_image(self, result: ImageResult) -> None:
         self.total += 1
@@ -78,8 +90,10 @@ class Report:
     def add_order(self, result: OrderResult) -> None:
         self.orders.append(result)
 
-    def add_output(self, status: str, path: str, error: str | None) -> None:
+    def add_output(self, status: str, path: str, error: str | None, size: int = 0) -> None:
         self.outputs[status] = self.outputs.get(status, 0) + 1
+        if status == "downloaded":
+            self.bytes_downloaded += size
         if status == "failed":
             self.failures.append({"path": path, "error": f"download failed: {error}"})
 
@@ -93,15 +107,25 @@ class Report:
         )
 
     def to_dict(self) -> dict[str, Any]:
+        if self.download_only:
+            return {
+                "outputs": self.outputs,
+                "failures": self.failures,
+                "bytes_downloaded": self.bytes_downloaded,
+                "requests": self.requests.as_dict(),
+                "elapsed_s": round(self.elapsed_s, 3),
+                "peak_rss_mb": self.peak_rss_mb,
+            }
         return {
             "images": {
-                "total": self.total,
+                "total": self.whole,
                 "uploaded": self.uploaded,
                 "skipped": self.skipped,
                 "failed": self.failed,
                 "already_done": self.already_done,
                 "changed": len(self.changed),
                 "late": len(self.late),
+                **({"not_reached": self.not_reached} if self.interrupted else {}),
                 **({"planned": self.planned} if self.dry_run else {}),
             },
             "orders": [
@@ -129,18 +153,38 @@ class Report:
             "dry_run": self.dry_run,
         }
 
+    @property
+    def whole(self) -> int:
+        """Every input of the run: those it got to, and (when it was stopped) what the scan
+        and the count say there is besides."""
+        if not self.interrupted:
+            return self.total
+        return max(self.found, self.total, self.expected or 0)
+
+    @property
+    def not_reached(self) -> int:
+        """Inputs the run never got to (it was stopped)."""
+        return max(0, self.whole - self.total)
+
     def summary(self) -> str:
+        """The human summary: counts in words, each order, the failures, the requests."""
+        if self.download_only:
+            return self._download_summary()
         lines = []
         verb = "planned" if self.dry_run else "uploaded"
         count = self.planned if self.dry_run else self.uploaded
+        total = self.whole
+        reached = f", {self.not_reached} not reached" if self.not_reached else ""
         lines.append(
-            f"Images: {self.total} total, {count} {verb}, {self.skipped} skipped, "
-            f"{self.failed} failed ({self.bytes_uploaded / 1e6:.1f} MB in {self.elapsed_s:.1f} s)"
+            f"Images: {total} total, {count} {verb}, {self.skipped} skipped, "
+            f"{self.failed} failed{reached} "
+            f"({self.bytes_uploaded / 1e6:.1f} MB in {self.elapsed_s:.1f} s)"
         )
         if self.already_done:
+            earlier = sum(o.resumed for o in self.orders)
             lines.append(
-                f"Already done by an earlier run: {self.already_done} images, "
-                f"{sum(o.resumed for o in self.orders)} orders"
+                f"Already done by an earlier run: {plural(self.already_done, 'image')}, "
+                f"{plural(earlier, 'order')}"
             )
         if self.changed:
             lines.append(
@@ -155,9 +199,7 @@ class Report:
             )
             lines.extend(f"  {c['path']} ({c['listing']})" for c in self.late[:50])
         if self.outputs:
-            lines.append(
-                "Outputs: " + ", ".join(f"{n} {state}" for state, n in sorted(self.outputs.items()))
-            )
+            lines.append(self._outputs_line())
         created = [o for o in self.orders if o.status == "created"]
         failed = [o for o in self.orders if o.status == "failed"]
         planned = [o for o in self.orders if o.status == "planned"]
@@ -165,6 +207,8 @@ class Report:
             f"Orders: {len(created)} created, {len(failed)} failed"
             + (f", {len(planned)} planned" if planned else "")
         )
+        width = max((cell_len(o.key) for o in self.orders), default=0)
+        width = min(max(width, 20), 60)
         for order in sorted(self.orders, key=lambda o: o.key):
             detail = order.order_id or order.error or ""
             status = order.order_status or order.status
@@ -172,12 +216,9 @@ class Report:
                 n for n, on in (("follow-up", order.follow_up), ("earlier", order.resumed)) if on
             ]
             detail += f" ({', '.join(notes)})" if notes else ""
-            lines.append(f"  {order.key:<40} {order.images:>4} images  {status:<16} {detail}")
-        if self.failures:
-            lines.append("Failures:")
-            lines.extend(f"  {f['path']}: {f['error']}" for f in self.failures[:50])
-            if len(self.failures) > 50:
-                lines.append(f"  ... and {len(self.failures) - 50} more (see --json)")
+            images = plural(order.images, "image")
+            lines.append(f"  {pad(order.key, width)} {images:>11}  {status:<16} {detail}")
+        lines.extend(self._failure_lines())
         r = self.requests
         lines.append(
             f"Requests: {r.api} API, {r.storage} storage, {r.retries} retried, "
@@ -187,50 +228,33 @@ class Report:
             lines.append("Interrupted: re-run the same command to finish the job.")
         return "\n".join(lines)
 
+    def _outputs_line(self) -> str:
+        return "Outputs: " + ", ".join(f"{n} {state}" for state, n in sorted(self.outputs.items()))
 
-class Progress:
-    """One status line on a terminal (files, bytes, rate, ETA), redrawn at most every
-    ``interval_s``; the total is a lower bound while the scan is still going."""
+    def _failure_lines(self) -> list[str]:
+        if not self.failures:
+            return []
+        lines = ["Failures:"]
+        lines.extend(f"  {f['path']}: {f['error']}" for f in self.failures[:50])
+        if len(self.failures) > 50:
+            lines.append(f"  ... and {len(self.failures) - 50} more (see --json)")
+        return lines
 
-    def __init__(self, stream: IO[str] | None = None, interval_s: float = 0.25) -> None:
-        self.stream = stream or sys.stderr
-        self.interval_s = interval_s
-        self.started = time.monotonic()
-        self._last = 0.0
-        self.done = 0
-        self.uploaded = 0
-        self.bytes = 0
-        self.orders = 0
-        self.expected: int | None = None
-
-    def image(self, result: ImageResult) -> None:
-        self.done += 1
-        if result.status == "uploaded":
-            self.uploaded += 1
-            self.bytes += result.size
-        self._draw()
-
-    def order(self, _result: OrderResult) -> None:
-        self.orders += 1
-        self._draw()
-
-    def _draw(self, *, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._last < self.interval_s:
-            return
-        self._last = now
-        elapsed = max(now - self.started, 1e-6)
-        rate = self.uploaded / elapsed
-        line = (
-            f"\r{self.done} files  {self.bytes / 1e6:.1f} MB  {rate:.1f} files/s  "
-            f"{self.bytes / elapsed / 1e6:.1f} MB/s  {self.orders} orders"
+    def _download_summary(self) -> str:
+        lines = [self._outputs_line() if self.outputs else "Outputs: nothing to download"]
+        lines.extend(self._failure_lines())
+        lines.append(
+            f"Downloaded {self.bytes_downloaded / 1e6:.1f} MB in {self.elapsed_s:.1f} s; "
+            f"{self.requests.retries} retried; peak memory {self.peak_rss_mb} MB"
         )
-        if self.expected and rate > 0:
-            line += f"  ETA {max(0.0, (self.expected - self.done) / rate):.0f} s"
-        self.stream.write(line + "   ")
-        self.stream.flush()
+        return "\n".join(lines)
 
-    def close(self) -> None:
-        self._draw(force=True)
-        self.stream.write("\n")
-        self.stream.flush()
+
+def plural(count: int, noun: str) -> str:
+    """``1 order``, ``2 orders``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def pad(text: str, width: int) -> str:
+    """``text`` padded to ``width`` terminal cells (a CJK character takes two)."""
+    return text + " " * max(0, width - cell_len(text))

@@ -8,13 +8,15 @@ import hashlib
 import hmac
 import signal
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from styldod_batch.download import OutputDownloader, open_download_session
 from styldod_batch.engine import RunAborted, Source, Uploader
 from styldod_batch.ledger import Ledger, open_ledger
-from styldod_batch.report import Progress, Report
+from styldod_batch.progress import ProgressShow
+from styldod_batch.report import Report, peak_rss_mb
 from styldod_batch.settings import Settings
 from styldod_batch.webhooks import WebhookReceiver
 
@@ -45,16 +47,16 @@ def webhook_token(settings: Settings) -> str:
 
 
 async def run_job(
-    settings: Settings, paths: Source, follow: FollowOptions, *, show_progress: bool
+    settings: Settings, paths: Source, follow: FollowOptions, *, progress: str
 ) -> Report | RunAborted:
     """Run the job; SIGINT/SIGTERM stop it gracefully, a second one at once."""
     if follow.listen is None:
-        return await _run_job(settings, paths, follow, None, show_progress=show_progress)
+        return await _run_job(settings, paths, follow, None, progress=progress)
     host, port = follow.listen
     async with WebhookReceiver(host, port, token=webhook_token(settings)) as receiver:
         base = (follow.public_url or f"http://{host}:{receiver.port}").rstrip("/")
         settings = settings.with_changes(webhook_url=base + receiver.path)
-        return await _run_job(settings, paths, follow, receiver, show_progress=show_progress)
+        return await _run_job(settings, paths, follow, receiver, progress=progress)
 
 
 async def _run_job(
@@ -63,17 +65,21 @@ async def _run_job(
     follow: FollowOptions,
     receiver: WebhookReceiver | None,
     *,
-    show_progress: bool,
+    progress: str,
 ) -> Report | RunAborted:
-    progress = Progress() if show_progress else None
+    """``progress``: "terminal" (a live line), "log" (a log line now and then) or "none"."""
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
     assert main is not None
-    async with Uploader(
-        settings.with_changes(poll_interval_s=follow.poll_interval_s),
-        on_image=progress.image if progress else None,
-        on_order=progress.order if progress else None,
-    ) as uploader:
+    async with Uploader(settings.with_changes(poll_interval_s=follow.poll_interval_s)) as uploader:
+        show = None
+        if progress != "none":
+            show = ProgressShow(
+                lambda: uploader.current_report,
+                budget=uploader.api_budget,
+                terminal=progress == "terminal",
+            )
+            show.start()
 
         def on_signal(signum: int) -> None:
             if uploader.stopping.is_set():
@@ -101,8 +107,8 @@ async def _run_job(
         finally:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(signum)
-    if progress is not None:
-        progress.close()
+            if show is not None:
+                await show.close()
     return result
 
 
@@ -123,8 +129,9 @@ async def _upload_and_follow(
 
 async def download_from_ledger(settings: Settings, directory: Path) -> Report:
     """The ``download`` command: the outputs of every finished order the ledger knows."""
+    started = time.monotonic()
     ledger: Ledger = await open_ledger(settings)
-    report = Report()
+    report = Report(download_only=True, phase="downloading")
     try:
         async with open_download_session(connections=settings.concurrency) as session:
             downloader = OutputDownloader(
@@ -140,7 +147,11 @@ async def download_from_ledger(settings: Settings, directory: Path) -> Report:
                     for outcome in await downloader.fetch_order(
                         row.label, row.order_id, row.image_list
                     ):
-                        report.add_output(outcome.status, outcome.path, outcome.error)
+                        report.add_output(outcome.status, outcome.path, outcome.error, outcome.size)
+        report.requests.retries += downloader.retries
     finally:
         await ledger.close()
+    report.elapsed_s = time.monotonic() - started
+    report.peak_rss_mb = peak_rss_mb()
+    report.phase = "done"
     return report

@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 
+from styldod_batch import logs
 from styldod_batch.contract import OPTION_TYPES
 from styldod_batch.engine import RunAborted
 from styldod_batch.errors import AuthenticationError, ConfigurationError
@@ -209,3 +210,38 @@ def finish(result: Report | RunAborted, *, as_json: bool) -> int:
             return EXIT_AUTH
         return EXIT_FAILURES
     return EXIT_OK if report.ok else EXIT_FAILURES
+
+
+def add_output_args(p: argparse.ArgumentParser) -> None:
+    """How much the command says on stderr, and in which form."""
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="say more on stderr: each order, retry and 429 (-vv: every file too)",
+    )
+    p.add_argument(
+        "-q", "--quiet", action="store_true", help="say only what went wrong; no progress"
+    )
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="text lines, or one JSON object per line (level, event, time, ...) on stderr",
+    )
+
+
+def setup_output(args: argparse.Namespace) -> str:
+    """Configure the package's logging from the arguments; returns how progress is shown:
+    "terminal" (a live line on stderr), "log" (a log line every few seconds) or "none".
+
+    On a terminal the live line shows the progress, so the log says warnings and errors; in
+    a log file or CI, the log says what happens (orders, retries, progress) at info level.
+    """
+    terminal = sys.stderr.isatty() and args.log_format == "text"
+    verbosity = -1 if args.quiet else args.verbose + (0 if terminal else 1)
+    logs.configure(verbosity=verbosity, fmt=args.log_format)
+    if args.quiet or getattr(args, "no_progress", False):
+        return "none"
+    return "terminal" if terminal else "log"

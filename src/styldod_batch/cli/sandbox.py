@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import secrets
 from pathlib import Path
 
 from styldod_batch.cli.common import (
@@ -43,8 +44,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument(
         "--api-key",
-        default="sandbox-key",
-        help="the API key the sandbox accepts (default: %(default)s)",
+        help="the API key the sandbox accepts (default: a new random key each start, printed "
+        "once the sandbox serves: a fresh sandbox is a fresh account, with a ledger of its own)",
     )
     p.add_argument(
         "--api-secret",
@@ -140,12 +141,13 @@ def _run(args: argparse.Namespace) -> int:
     )
 
     keys = load_global_config(args.global_config) if args.global_config else {}
-    keys.setdefault(args.api_key, KeyConfig(secret=args.api_secret))
+    api_key = args.api_key or f"sandbox-{secrets.token_hex(8)}"
+    keys.setdefault(api_key, KeyConfig(secret=args.api_secret))
     config = SandboxConfig(
         host=args.host,
         port=args.port,
         storage_port=args.storage_port,
-        api_key=args.api_key,
+        api_key=api_key,
         rps=args.rps,
         url_ttl_s=args.url_ttl,
         keys=keys,

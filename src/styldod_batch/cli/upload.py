@@ -14,6 +14,7 @@ from styldod_batch.cli.common import (
     EXIT_FAILURES,
     EXIT_OK,
     add_connection_args,
+    add_output_args,
     add_state_args,
     finish,
     host_port,
@@ -22,6 +23,7 @@ from styldod_batch.cli.common import (
     rate,
     seconds,
     settings_from_args,
+    setup_output,
 )
 from styldod_batch.download import check_download_folder
 from styldod_batch.engine import ManifestSource, Uploader
@@ -122,6 +124,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--json", action="store_true", help="print one JSON report on stdout instead of the summary"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress line")
+    add_output_args(p)
     add_state_args(p)
     p.add_argument(
         "--no-journal",
@@ -218,7 +221,7 @@ def _upload(
         return _dry_run(settings, source, args)
     if args.download is not None:
         check_download_folder(args.download)  # before anything is sent, not after the orders
-    show_progress = not args.no_progress and not args.json and sys.stderr.isatty()
+    progress = setup_output(args)
     follow = FollowOptions(
         wait=args.wait,
         listen=args.listen,
@@ -226,7 +229,7 @@ def _upload(
         download_dir=args.download,
         timeout_s=args.wait_timeout,
     )
-    report = run_async(run_job(settings, source, follow, show_progress=show_progress))
+    report = run_async(run_job(settings, source, follow, progress=progress))
     return finish(report, as_json=args.json)
 
 

@@ -152,6 +152,8 @@ async def serve_until_signalled(config: SandboxConfig) -> None:
     async with Sandbox(config) as sandbox:
         # Scripts wait for this first line: it is printed only once everything serves.
         print(f"Order API: {sandbox.base_url}", flush=True)
+        # A sandbox key is a throw-away secret: printed so that a user can try the runner.
+        print(f"API key: {config.api_key}", flush=True)
         print(
             f"Storage: {sandbox.storage_url} (SeaweedFS S3 at {sandbox.storage.endpoint})",
             flush=True,
