@@ -1,4 +1,5 @@
-"""Real Redis and PostgreSQL servers for the tests, as child processes on 127.0.0.1.
+"""Real Redis and PostgreSQL servers for the tests, as child processes on 127.0.0.1, and the
+worker process of the shared-budget tests.
 
 Like the sandbox's SeaweedFS: each server gets free loopback ports and one temporary folder
 (its data, socket and log), starts in a session of its own, is killed with SIGKILL if the
@@ -23,11 +24,13 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-from styldod_batch.sandbox.seaweed import free_port
+import orjson
 
 PR_SET_PDEATHSIG = 1
 IPC_RMID = 0
@@ -57,6 +60,9 @@ class _ChildServer:
     kind = "server"
 
     def __init__(self) -> None:
+        # Here, not at the top: worker processes import this module and need no sandbox.
+        from styldod_batch.sandbox.seaweed import free_port
+
         self.host = HOST
         self.port = free_port(HOST)
         self.root = Path(tempfile.mkdtemp(prefix=f"styldod-{self.kind}-"))
@@ -382,3 +388,68 @@ def _unprivileged_account() -> pwd.struct_passwd:
         with contextlib.suppress(KeyError):
             return pwd.getpwnam(name)
     raise ServerError("running as root and neither a 'postgres' nor a 'nobody' user exists")
+
+
+# -- the worker process of the shared-budget tests -------------------------------------------
+# Light on imports (no pytest, no sandbox): four of them start at once on two cores.
+
+
+async def _budget_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """Take grants from one shared budget as fast as ``spec["tasks"]`` callers can, each with
+    a real GET to ``spec["target"]``, until the end time read from stdin; a 429 slows the
+    budget down for its Retry-After. Returns what it saw (CLOCK_MONOTONIC times)."""
+    import aiohttp
+
+    from styldod_batch.budget_file import FileBudget, SharedBudget
+
+    budget: SharedBudget
+    if spec["kind"] == "file":
+        budget = FileBudget(spec["path"], spec["rate"])
+    else:
+        from styldod_batch.budget_redis import RedisBudget
+
+        budget = RedisBudget(
+            spec["url"], spec["rate"], base_url=spec["base_url"], api_key=spec["api_key"]
+        )
+    grants: list[float] = []
+    statuses: list[int] = []
+    slowed: list[tuple[float, float]] = []
+
+    async def record(
+        request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+    ) -> aiohttp.ClientResponse:
+        grants.append(time.monotonic())  # runs right after the budget's grant
+        return await handler(request)
+
+    async with budget:
+        print("ready", flush=True)
+        line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        end_at = float(line) - spec.get("stop_early_s", 0.0)
+        middlewares = (budget.middleware(low_priority=spec["low"]), record)
+        async with aiohttp.ClientSession(middlewares=middlewares) as session:
+
+            async def loop() -> None:
+                while time.monotonic() < end_at:
+                    async with session.get(spec["target"]) as resp:
+                        await resp.read()
+                        statuses.append(resp.status)
+                        if resp.status == 429:
+                            seen = time.monotonic()
+                            budget.slow_down(float(resp.headers["Retry-After"]))
+                            await budget.flush()
+                            slowed.append((seen, time.monotonic()))
+
+            await asyncio.gather(*(loop() for _ in range(spec["tasks"])))
+    return {
+        "grants": grants,
+        "statuses": statuses,
+        "slowed": slowed,
+        "coordinator_errors": budget.coordinator_errors,
+    }
+
+
+def budget_worker_main() -> None:
+    """``python -c 'from tests.servers import budget_worker_main; budget_worker_main()' SPEC``
+    (SPEC in JSON): prints "ready", reads the end time, runs, prints its result (JSON)."""
+    result = asyncio.run(_budget_worker(orjson.loads(sys.argv[1])))
+    print(orjson.dumps(result).decode(), flush=True)
