@@ -357,6 +357,17 @@ async def test_a_cancelled_caller_gives_its_slot_back(tmp_path: Path) -> None:
         assert len(state.grants) == 1  # only the grant that was used
 
 
+async def test_callers_still_waiting_when_the_budget_closes_get_an_error(tmp_path: Path) -> None:
+    budget = FileBudget(tmp_path / "b" / "budget", 4)
+    async with budget:
+        await budget.acquire()
+        waiter = asyncio.create_task(budget.acquire())
+        await wait_until(lambda: len(SharedState.from_json(budget.path.read_bytes()).grants) == 2)
+    with pytest.raises(RuntimeError, match="closed"):
+        await asyncio.wait_for(waiter, 10)
+    assert budget.granted == 1
+
+
 # -- many processes --------------------------------------------------------------------------
 
 

@@ -325,13 +325,16 @@ class SharedBudget(abc.ABC):
         self.nominal_rate = float(rate)
         self.window_s = window_s + margin_s
         self.recovery_s = recovery_s
-        # Half the margin for a late wake-up, half for the trip to the API.
-        tolerance = margin_s / 2 if tolerance_s is None else tolerance_s
+        # How late a claim may come and keep its slot: the window is checked on actual times
+        # anyway, so this only keeps the drip steady; half a drip interval (25 ms at 20/s)
+        # lets a busy event loop keep its turn.
+        if tolerance_s is None:
+            tolerance_s = max(margin_s / 2, 0.5 / self.nominal_rate)
         self.params = Params(
             rate=self.nominal_rate,
             window_us=round(self.window_s * US),
             recovery_us=max(1, round(recovery_s * US)),
-            tolerance_us=round(tolerance * US),
+            tolerance_us=round(tolerance_s * US),
             cold_pause_us=round(self.window_s * US) if cold_pause else 0,
             defer_us=round(min(1.0, max(0.1, 2.0 / self.nominal_rate)) * US),
         )
@@ -479,6 +482,8 @@ class SharedBudget(abc.ABC):
                         op, member, epoch=epoch, low=low, others_waiting=others
                     )
                 except self._transient as exc:
+                    if not self._opened:
+                        raise RuntimeError(f"the {self.name} budget was closed") from exc
                     # Fail closed: nothing is granted without the coordinator's word.
                     failures += 1
                     self._coordinator_down(exc)
