@@ -397,51 +397,75 @@ def _unprivileged_account() -> pwd.struct_passwd:
 async def _budget_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Take grants from one shared budget as fast as ``spec["tasks"]`` callers can, each with
     a real GET to ``spec["target"]``, until the end time read from stdin; a 429 slows the
-    budget down for its Retry-After. Returns what it saw (CLOCK_MONOTONIC times)."""
+    budget down for its Retry-After. Its connections are opened first (``/warm``, outside
+    the budget), so a TCP handshake never sits between a grant and its arrival. Returns
+    what it saw: grant times (CLOCK_MONOTONIC, and on the coordinator's clock in µs)."""
     import aiohttp
 
     from styldod_batch.budget_file import FileBudget, SharedBudget
 
     budget: SharedBudget
     if spec["kind"] == "file":
-        budget = FileBudget(spec["path"], spec["rate"])
+        budget = FileBudget(spec["path"], spec["rate"], margin_s=spec["margin_s"])
     else:
         from styldod_batch.budget_redis import RedisBudget
 
         budget = RedisBudget(
-            spec["url"], spec["rate"], base_url=spec["base_url"], api_key=spec["api_key"]
+            spec["url"],
+            spec["rate"],
+            base_url=spec["base_url"],
+            api_key=spec["api_key"],
+            margin_s=spec["margin_s"],
         )
     grants: list[float] = []
+    coordinator: list[int] = []
     statuses: list[int] = []
     slowed: list[tuple[float, float]] = []
+    through_budget = budget.middleware(low_priority=spec["low"])
 
-    async def record(
+    async def take_grant(
         request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
     ) -> aiohttp.ClientResponse:
-        grants.append(time.monotonic())  # runs right after the budget's grant
-        return await handler(request)
+        if request.url.path == "/warm":  # opens the keep-alive connections, before the clock
+            return await handler(request)
+        return await through_budget(request, record(handler))
 
-    async with budget:
+    def record(handler: aiohttp.ClientHandlerType) -> aiohttp.ClientHandlerType:
+        async def recorded(request: aiohttp.ClientRequest) -> aiohttp.ClientResponse:
+            # Right after the grant, with no await in between: this request's grant.
+            grants.append(time.monotonic())
+            coordinator.append(budget.last_grant_us)
+            return await handler(request)
+
+        return recorded
+
+    async with budget, aiohttp.ClientSession(middlewares=(take_grant,)) as session:
+        warm_url = spec["target"].rsplit("/", 2)[0] + "/warm"
+
+        async def warm() -> None:
+            async with session.get(warm_url) as resp:
+                await resp.read()
+
+        await asyncio.gather(*(warm() for _ in range(spec["tasks"])))
         print("ready", flush=True)
         line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
         end_at = float(line) - spec.get("stop_early_s", 0.0)
-        middlewares = (budget.middleware(low_priority=spec["low"]), record)
-        async with aiohttp.ClientSession(middlewares=middlewares) as session:
 
-            async def loop() -> None:
-                while time.monotonic() < end_at:
-                    async with session.get(spec["target"]) as resp:
-                        await resp.read()
-                        statuses.append(resp.status)
-                        if resp.status == 429:
-                            seen = time.monotonic()
-                            budget.slow_down(float(resp.headers["Retry-After"]))
-                            await budget.flush()
-                            slowed.append((seen, time.monotonic()))
+        async def loop() -> None:
+            while time.monotonic() < end_at:
+                async with session.get(spec["target"]) as resp:
+                    await resp.read()
+                    statuses.append(resp.status)
+                    if resp.status == 429:
+                        seen = time.monotonic()
+                        budget.slow_down(float(resp.headers["Retry-After"]))
+                        await budget.flush()
+                        slowed.append((seen, time.monotonic()))
 
-            await asyncio.gather(*(loop() for _ in range(spec["tasks"])))
+        await asyncio.gather(*(loop() for _ in range(spec["tasks"])))
     return {
         "grants": grants,
+        "coordinator": coordinator,
         "statuses": statuses,
         "slowed": slowed,
         "coordinator_errors": budget.coordinator_errors,

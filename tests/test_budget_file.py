@@ -52,6 +52,7 @@ from tests.helpers import REPO
 from tests.servers import _child_setup
 
 RATE = 20
+MARGIN_S = 0.05  # of the budgets the worker processes share (see spec_for)
 P = Params(
     rate=RATE,
     window_us=1_015_000,
@@ -382,6 +383,8 @@ class Recorder:
     url: str = ""
 
     async def handle(self, request: web.Request) -> web.Response:
+        if request.path == "/warm":  # a worker opening its connections: not a counted request
+            return web.Response(text="warm")
         self.arrivals.append(time.monotonic())
         if len(self.arrivals) in self.fail_at:
             return web.Response(status=429, headers={"Retry-After": str(self.retry_after_s)})
@@ -407,6 +410,7 @@ async def recording_server(recorder: Recorder) -> AsyncIterator[Recorder]:
 @dataclass
 class WorkerResult:
     grants: list[float]
+    coordinator: list[int]  # the same grants on the coordinator's clock (µs)
     statuses: list[int]
     slowed: list[tuple[float, float]]  # (429 seen, pause published)
     coordinator_errors: int
@@ -453,6 +457,7 @@ class Workers:
             results.append(
                 WorkerResult(
                     grants=raw["grants"],
+                    coordinator=raw["coordinator"],
                     statuses=raw["statuses"],
                     slowed=[(float(a), float(b)) for a, b in raw["slowed"]],
                     coordinator_errors=raw["coordinator_errors"],
@@ -487,10 +492,21 @@ def spec_for(kind: str, where: str, target: str, **extra: Any) -> dict[str, Any]
         "low": False,
         "base_url": "https://orderapi.styldod.com",
         "api_key": "test-key-shared",
+        # The margin covers the trip from the grant to the server. On this 2-core machine
+        # shared with other work a process can wait 15 ms or more for a CPU on the way, so
+        # the arrivals get 50 ms; the grants themselves are checked with the margin exactly.
+        "margin_s": MARGIN_S,
     }
     spec["path" if kind == "file" else "url"] = where
     spec.update(extra)
     return spec
+
+
+def assert_coordinator_kept_the_promise(results: list[WorkerResult]) -> None:
+    """On the coordinator's own clock, every process's grants together: never more than the
+    rate in a window of 1 s + margin (exactly, no jitter of the way in these times)."""
+    times = [t / US for r in results for t in r.coordinator]
+    assert max_in_window(times, 1.0 + MARGIN_S) <= RATE
 
 
 def report(label: str, arrivals: list[float], began: float, end_at: float) -> None:
@@ -511,8 +527,8 @@ async def check_many_processes_share_the_rate(kind: str, where: str) -> None:
         results = await group.results()
     report(f"{kind}, 4 processes", server.arrivals, began, end_at)
     assert max_in_window(server.arrivals) <= RATE
+    assert_coordinator_kept_the_promise(results)
     grants = [t for r in results for t in r.grants]
-    assert max_in_window(grants) <= RATE
     assert len(grants) == len(server.arrivals)
     inside = [t for t in server.arrivals if began <= t <= end_at]
     assert len(inside) >= 0.8 * RATE * duration
@@ -542,6 +558,7 @@ async def check_a_429_in_one_process_pauses_all(kind: str, where: str) -> None:
     # ... at the halved rate, recovering: well under the full rate in the next second.
     assert len([t for t in after if t < seen + 2.0]) <= 0.75 * RATE
     assert max_in_window(server.arrivals) <= RATE
+    assert_coordinator_kept_the_promise(results)
 
 
 async def check_low_priority_yields_across_processes(kind: str, where: str) -> None:
@@ -560,6 +577,7 @@ async def check_low_priority_yields_across_processes(kind: str, where: str) -> N
     assert len(during) <= 2, (len(during), len(poller.grants))
     assert any(t > last for t in poller.grants), "the poller goes on once they are done"
     assert max_in_window(server.arrivals) <= RATE
+    assert_coordinator_kept_the_promise([poller, *busy])
 
 
 async def test_processes_share_a_file_budget(tmp_path: Path) -> None:

@@ -341,6 +341,9 @@ class SharedBudget(abc.ABC):
         self.granted = 0
         self.rate_limited = 0
         self.coordinator_errors = 0
+        # When the last grant was made, on the coordinator's clock (microseconds): what the
+        # promise is kept on, for diagnostics and tests.
+        self.last_grant_us = 0
         self.worker = secrets.token_hex(8)
         self._seq = itertools.count(1)
         self._lock = asyncio.Lock()
@@ -497,6 +500,7 @@ class SharedBudget(abc.ABC):
                 self._rate = reply.rate
                 if reply.status == GRANTED:
                     self.granted += 1
+                    self.last_grant_us = reply.slot_us
                     return None
                 if reply.status == DEFER:
                     return reply.wait_us / US
