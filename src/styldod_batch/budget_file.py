@@ -19,9 +19,9 @@ clock, so the workers' clocks never matter.
    the whole window + margin, and the margin is left for the trip to the API. A claim more
    than ``tolerance`` after its slot (a stalled event loop) gives the slot up and queues
    again, which keeps the drip steady.
-3. A reservation never claimed (the worker died, or was cancelled) stays in the log as if
-   it had been sent: it costs a slot, never the promise. Dropping an unclaimed reservation
-   is always safe, since nothing was sent for it.
+3. A reservation never claimed (its worker died, or lost the answer) stays in the log as
+   if it had been sent: it costs a slot, never the promise. Dropping an unclaimed one is
+   always safe, since nothing was sent for it: a cancelled caller gives its slot back.
 
 Each process keeps at most one reservation at a time (an ``asyncio.Lock``, first come, first
 served, inside the process), so processes that all want more than their share take turns:
