@@ -1,6 +1,12 @@
-from collections.abc import Iterator
+"""Fixtures for every test: the sandbox (plugin), a private ledger folder, and real Redis
+and PostgreSQL servers."""
+
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
+import pytest_asyncio
+
+from tests.servers import PostgresServer, RedisServer
 
 pytest_plugins = ["styldod_batch.sandbox.pytest_plugin"]
 
@@ -13,3 +19,34 @@ def _own_ledgers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         patch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
         patch.delenv("STYLDOD_STATE", raising=False)
         yield
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def redis_server() -> AsyncIterator[RedisServer]:
+    """A fresh Redis per test (it starts in milliseconds): stop or restart it freely."""
+    server = RedisServer()
+    try:
+        await server.start()
+        yield server
+    finally:
+        await server.stop()
+        server.close()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def _postgres_session() -> AsyncIterator[PostgresServer]:
+    server = PostgresServer()
+    try:
+        await server.start()
+        yield server
+    finally:
+        await server.stop()
+        server.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def postgres_server(_postgres_session: PostgresServer) -> AsyncIterator[PostgresServer]:
+    """One PostgreSQL per session (initdb takes a second or two); a test may stop or restart
+    it, and it is running again for the next test. ``create_database()`` for a fresh DB."""
+    yield _postgres_session
+    await _postgres_session.start()

@@ -1,0 +1,160 @@
+"""``RedisBudget`` against a real Redis on 127.0.0.1, shared by real worker processes that
+send real requests to a recording server (the workers and checks of ``test_budget_file``)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+import redis.asyncio as aioredis
+
+from styldod_batch.budget_redis import RedisBudget, redact_url
+from styldod_batch.errors import ConfigurationError
+from tests.servers import RedisServer
+from tests.test_budget_file import (
+    RATE,
+    Recorder,
+    assert_coordinator_kept_the_promise,
+    check_a_429_in_one_process_pauses_all,
+    check_low_priority_yields_across_processes,
+    check_many_processes_share_the_rate,
+    max_in_window,
+    recording_server,
+    report,
+    spec_for,
+    wait_until,
+    workers,
+)
+
+BASE_URL = "https://orderapi.styldod.com"
+API_KEY = "test-key-shared"  # spec_for's: the workers share this key's budget
+
+
+def budget_for(url: str, *, api_key: str = API_KEY, rate: float = RATE) -> RedisBudget:
+    return RedisBudget(url, rate, base_url=BASE_URL, api_key=api_key)
+
+
+async def warm_up(url: str) -> None:
+    """A key's first grant waits one window (its state is new: what was granted before is
+    unknown); take it here so the workers' measured seconds are all steady state."""
+    async with budget_for(url) as budget:
+        await budget.acquire()
+
+
+async def test_processes_share_a_redis_budget(redis_server: RedisServer) -> None:
+    await warm_up(redis_server.url)
+    await check_many_processes_share_the_rate("redis", redis_server.url)
+
+
+async def test_a_429_pauses_every_process_of_a_redis_budget(redis_server: RedisServer) -> None:
+    await warm_up(redis_server.url)
+    await check_a_429_in_one_process_pauses_all("redis", redis_server.url)
+
+
+async def test_low_priority_yields_across_processes_of_a_redis_budget(
+    redis_server: RedisServer,
+) -> None:
+    await warm_up(redis_server.url)
+    await check_low_priority_yields_across_processes("redis", redis_server.url)
+
+
+async def test_redis_restarted_mid_run_keeps_the_promise_and_grants_resume(
+    redis_server: RedisServer,
+) -> None:
+    """Redis crashes (SIGKILL) and comes back empty while three processes are busy: nothing
+    is granted while it is down, the first grant after it waits one window (what was
+    granted just before is lost), no window holds more than the rate, and grants resume."""
+    await warm_up(redis_server.url)
+    async with recording_server(Recorder()) as server, workers() as group:
+        await group.start([spec_for("redis", redis_server.url, server.url) for _ in range(3)])
+        began, end_at = group.go(5.0)
+        await wait_until(lambda: len(server.arrivals) >= 20)
+        stopped_at = time.monotonic()
+        await redis_server.stop(kill=True)
+        await redis_server.start()
+        started_at = time.monotonic()
+        results = await group.results()
+    report("redis restarted", server.arrivals, began, end_at)
+    assert max_in_window(server.arrivals) <= RATE
+    # (The coordinator's clock is Redis's: across a restart, grants before and after are
+    # on the same machine's clock.)
+    assert_coordinator_kept_the_promise(results)
+    grants = sorted(t for r in results for t in r.grants)
+    # A claim answered just before the kill may be recorded a moment after it.
+    assert [t for t in grants if stopped_at + 0.01 < t < started_at + 1.0] == []
+    resumed = [t for t in grants if t >= started_at + 1.0]
+    assert len(resumed) >= 10
+    assert sum(r.coordinator_errors for r in results) >= 1
+
+
+async def test_a_worker_sends_nothing_while_redis_is_down(redis_server: RedisServer) -> None:
+    async with budget_for(redis_server.url) as budget:
+        await budget.acquire()
+        await redis_server.stop()
+        waiter = asyncio.create_task(budget.acquire())
+        await wait_until(lambda: budget.coordinator_errors >= 3)
+        assert not waiter.done()  # fail closed: no grant without Redis
+        await redis_server.start()
+        await asyncio.wait_for(waiter, 30)
+        assert budget.granted == 2
+
+
+async def test_redis_down_at_open_is_a_clear_error_without_the_password(
+    redis_server: RedisServer,
+) -> None:
+    await redis_server.stop()
+    url = f"redis://:hunter2-secret@127.0.0.1:{redis_server.port}/0"
+    with pytest.raises(ConfigurationError) as caught:
+        await budget_for(url).open()
+    message = str(caught.value)
+    assert f"redis://:***@127.0.0.1:{redis_server.port}/0" in message
+    assert "does not answer" in message
+    assert "hunter2" not in message
+    assert redact_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
+async def test_acquire_before_open_is_refused(redis_server: RedisServer) -> None:
+    with pytest.raises(RuntimeError, match="not open"):
+        await budget_for(redis_server.url).acquire()
+
+
+async def test_redis_holds_fingerprints_never_the_key(redis_server: RedisServer) -> None:
+    secret = "sk-live-do-not-store"
+    async with budget_for(redis_server.url, api_key=secret) as budget:
+        await budget.acquire()
+        await budget.acquire()
+        budget.slow_down(0.01)
+        await budget.flush()
+        assert (await budget.shared_state())["limited"] == "1"
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        keys = await client.keys("*")
+        assert keys
+        assert all(secret.encode() not in key for key in keys)
+        for key in keys:
+            kind = await client.type(key)
+            if kind == b"hash":
+                dumped = repr(await client.hgetall(key))
+            else:
+                dumped = repr(await client.zrange(key, 0, -1, withscores=True))
+            assert secret not in dumped
+    finally:
+        await client.aclose()
+
+
+async def test_budgets_of_two_keys_are_apart(redis_server: RedisServer) -> None:
+    """Another key has a budget of its own: its grants are logged, and counted, apart."""
+    async with (
+        budget_for(redis_server.url, api_key="key-a") as a,
+        budget_for(redis_server.url, api_key="key-b") as b,
+    ):
+        await asyncio.gather(*(x.acquire() for x in (a, a, a, b, b)))
+        assert a.scope != b.scope
+        assert set(a.keys).isdisjoint(b.keys)
+        client = aioredis.Redis.from_url(redis_server.url)
+        try:
+            assert await client.zcard(a.keys[0]) == 3
+            assert await client.zcard(b.keys[0]) == 2
+        finally:
+            await client.aclose()
