@@ -84,7 +84,7 @@ def test_an_unknown_key_is_refused_naming_file_and_key(
         ('[options]\nservice = "painting"\n', r"options\.service: unknown service 'painting'"),
         ("[options]\nimage_urls = []\n", r"options\.image_urls: set by the uploader"),
         ("order_size = 500\n", r"job\.toml: order_size must be between 1 and 100"),
-        ("rps = 0\n", r"job\.toml: rps must be positive"),
+        ("rps = 0\n", r"job\.toml: rps must be a positive"),
         ('order_by = "colour"\n', r"job\.toml: order_by must be 'folder' or 'none'"),
         ('base_url = "http://example.com"\n', r"job\.toml: base URL .* plain http"),
     ],

@@ -300,7 +300,7 @@ class OutputDownloader:
         self, order_key: str, order_id: str, client_image_id: str, raw_url: object, dest: Path
     ) -> DownloadResult:
         if self.ledger is not None:
-            done = self.ledger.output(order_id, client_image_id)
+            done = await self.ledger.output(order_id, client_image_id)
             if done is not None and _complete_size(dest) == done[1]:
                 return DownloadResult(order_key, client_image_id, str(dest), "already", done[1])
         url = http_url(raw_url)

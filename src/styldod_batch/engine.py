@@ -587,8 +587,13 @@ class _Run:
                     self._closed(closed)
                 await self._maybe_release(event.group)
         elif isinstance(event, Skipped):
-            log_event(logging.DEBUG, "file_skipped", f"{event.path}: skipped: {event.reason}",
-                      path=event.path, reason=event.reason)  # fmt: skip
+            log_event(
+                logging.DEBUG,
+                "file_skipped",
+                f"{event.path}: skipped: {event.reason}",
+                path=event.path,
+                reason=event.reason,
+            )
             await self._image(ImageResult(event.path, "skipped", error=event.reason))
         elif isinstance(event, InputError):
             await self._image(ImageResult(event.path, "failed", error=event.reason))
@@ -909,11 +914,21 @@ class _Run:
     async def _image(self, result: ImageResult) -> None:
         self.report.add_image(result)
         if result.status == "failed":
-            log_event(logging.WARNING, "file_failed", f"{result.path}: {result.error}",
-                      path=result.path, reason=result.error)  # fmt: skip
+            log_event(
+                logging.WARNING,
+                "file_failed",
+                f"{result.path}: {result.error}",
+                path=result.path,
+                reason=result.error,
+            )
         elif result.status in ("changed", "late"):
-            log_event(logging.INFO, f"file_{result.status}", f"{result.path}: {result.error}",
-                      path=result.path, order=result.order)  # fmt: skip
+            log_event(
+                logging.INFO,
+                f"file_{result.status}",
+                f"{result.path}: {result.error}",
+                path=result.path,
+                order=result.order,
+            )
         if self.up.on_image is not None:
             self.up.on_image(result)
         if self.sink is not None:

@@ -155,6 +155,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         follow_ups=False if getattr(args, "no_follow_up", False) else None,
         reorder_changed=getattr(args, "reorder_changed", False) or None,
         follow_symlinks=getattr(args, "follow_symlinks", False) or None,
+        lease_s=getattr(args, "lease", None),
     )
     job = getattr(args, "job", None)
     return from_environment(**(merge_settings(load_job_file(job), flags) if job else flags))

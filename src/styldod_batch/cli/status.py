@@ -33,19 +33,20 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.set_defaults(func=_run)
 
 
-def _image_outcome(ledger: Ledger, order_id: str, image: dict[str, Any]) -> dict[str, Any]:
+async def _image_outcome(ledger: Ledger, order_id: str, image: dict[str, Any]) -> dict[str, Any]:
     outcome = {
         "client_image_id": image.get("client_image_id"),
         "image_status": image.get("image_status"),
         "output_url": image.get("output_url"),
     }
-    done = ledger.output(order_id, str(image.get("client_image_id")))
+    done = await ledger.output(order_id, str(image.get("client_image_id")))
     if done is not None:
         outcome["downloaded_to"] = done[0]
     return outcome
 
 
-def _order_status(ledger: Ledger, order: OrderRecord, events: list[str]) -> dict[str, Any]:
+async def _order_status(ledger: Ledger, order: OrderRecord, events: list[str]) -> dict[str, Any]:
+    order_id = order.order_id
     return {
         "key": order.name,
         "orderID": order.order_id,
@@ -55,8 +56,8 @@ def _order_status(ledger: Ledger, order: OrderRecord, events: list[str]) -> dict
         "error": order.error,
         "follow_up": order.batch > 1 and order.listing_id is not None,
         "events": events,
-        "outputs": [_image_outcome(ledger, order.order_id, image) for image in order.image_list]
-        if order.order_id
+        "outputs": [await _image_outcome(ledger, order_id, image) for image in order.image_list]
+        if order_id
         else [],
     }
 
@@ -68,7 +69,7 @@ async def _read_status(settings: Settings) -> dict[str, Any]:
         orders = {}
         for order in await ledger.orders():
             events = await ledger.events(order.order_id) if order.order_id else []
-            orders[order.ref] = _order_status(ledger, order, events)
+            orders[order.ref] = await _order_status(ledger, order, events)
         counts: dict[str, int] = {}
         shown_listings = []
         for view in listings:

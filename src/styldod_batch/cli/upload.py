@@ -151,6 +151,15 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "it is reported, never silently ordered again)",
     )
     p.add_argument(
+        "--lease",
+        type=seconds,
+        default=None,
+        metavar="SECONDS",
+        help="how long this run's claim on a listing lasts unless renewed (it renews every "
+        "third of it): how soon other workers take over after this one dies on another "
+        "machine (default: 30)",
+    )
+    p.add_argument(
         "--follow-symlinks",
         action="store_true",
         help="follow links that lead outside the input folders (by default they are skipped "

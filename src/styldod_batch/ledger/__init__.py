@@ -50,6 +50,10 @@ __all__ = [
 ]
 
 
+def is_postgres_url(state: object) -> bool:
+    return isinstance(state, str) and state.startswith(("postgresql://", "postgres://"))
+
+
 def ledger_path(settings: Settings) -> Path:
     """The file that holds this account's ledger, as ``settings`` place it."""
     return ledger_file(settings.state, settings.base_url, settings.api_key)[0]
@@ -62,6 +66,15 @@ async def open_ledger(settings: Settings, *, read_only: bool = False) -> Ledger:
     """
     if not settings.ledger:
         return NullLedger()
+    if is_postgres_url(settings.state):
+        from styldod_batch.ledger.postgres import PostgresLedger
+
+        return await PostgresLedger.open(
+            str(settings.state),
+            base_url=settings.base_url,
+            api_key=settings.api_key,
+            force=settings.force_state,
+        )
     path = ledger_path(settings)
     if read_only and not path.exists():
         return NullLedger()

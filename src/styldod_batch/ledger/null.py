@@ -70,7 +70,7 @@ class NullLedger(Ledger):
     ) -> None:
         return None
 
-    def output(self, order_id: str, client_image_id: str) -> tuple[str, int, str] | None:
+    async def output(self, order_id: str, client_image_id: str) -> tuple[str, int, str] | None:
         return None
 
     async def orders(self) -> list[OrderRecord]:

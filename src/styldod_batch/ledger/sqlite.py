@@ -614,7 +614,8 @@ class SQLiteLedger(Ledger):
             )
         )
 
-    def output(self, order_id: str, client_image_id: str) -> tuple[str, int, str] | None:
+    async def output(self, order_id: str, client_image_id: str) -> tuple[str, int, str] | None:
+        # A point read on a WAL database never waits for a writer: done on the caller's loop.
         if self._reader is None:
             return None
         try:

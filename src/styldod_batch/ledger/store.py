@@ -96,7 +96,8 @@ class Ledger(ABC):
     ) -> None: ...
 
     @abstractmethod
-    def output(self, order_id: str, client_image_id: str) -> tuple[str, int, str] | None: ...
+    async def output(self, order_id: str, client_image_id: str) -> tuple[str, int, str] | None:
+        """Where an output was saved (path, size, MD5), if it was."""
 
     # -- reading it all (status, download) ---------------------------------------------------
 

@@ -86,9 +86,7 @@ class RequestLog:
     def as_dicts(self) -> list[dict[str, Any]]:
         return [asdict(e) for e in self.entries]
 
-    def max_in_window(
-        self, kind: str | tuple[str, ...] = "api", window_s: float = 1.0
-    ) -> int:
+    def max_in_window(self, kind: str | tuple[str, ...] = "api", window_s: float = 1.0) -> int:
         """The most arrivals of ``kind`` (one, or several together) seen in any sliding window
         of ``window_s`` seconds."""
         kinds = (kind,) if isinstance(kind, str) else kind
