@@ -26,7 +26,7 @@ from aiohttp import web
 from styldod_batch.contract import OPTION_TYPES, SERVICES
 from styldod_batch.errors import ConfigurationError
 from styldod_batch.sandbox.config import Faults, KeyConfig, SandboxConfig
-from styldod_batch.sandbox.gateway import STREAM_CHUNK, URLRevocations
+from styldod_batch.sandbox.gateway import STREAM_CHUNK, URLRevocations, key_fingerprint
 from styldod_batch.sandbox.lifecycle import Lifecycle, SandboxImage, SandboxOrder
 from styldod_batch.sandbox.presign import Presigner
 from styldod_batch.sandbox.requestlog import LogEntry, RequestLog
@@ -76,10 +76,6 @@ def resolve_options(
             if value is not None:
                 effective[name] = value
     return effective
-
-
-def key_fingerprint(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
 class SlidingWindow:
@@ -138,6 +134,8 @@ class OrderAPI:
         self.orders: dict[str, SandboxOrder] = {}
         self.images_ordered: dict[str, int] = {}
         self._windows: dict[str, SlidingWindow] = {}
+        # Which key each upload URL was issued to: storage's requests count against it.
+        self.keys_by_object: dict[str, str] = {}
         self._idempotency: dict[tuple[str, str], IdempotentResult] = {}
         self._order_ids = itertools.count(int(time.time() * 1000))
         self._http: aiohttp.ClientSession | None = None
@@ -213,8 +211,7 @@ class OrderAPI:
         key = self._authenticate(request)
         entry.key_fingerprint = key_fingerprint(key)
         self._check_version(request)
-        window = self._windows.setdefault(key, SlidingWindow(self.config.rps))
-        wait = window.try_acquire(entry.mono)
+        wait = self.window_wait(key, entry.mono)
         if wait is not None:
             raise APIFailure(
                 429,
@@ -226,7 +223,10 @@ class OrderAPI:
         if roll < faults.api_429:
             entry.fault = "429"
             raise APIFailure(
-                429, "rate_limited", "Injected rate limit.", headers={"Retry-After": "1"}
+                429,
+                "rate_limited",
+                "Injected rate limit.",
+                headers={"Retry-After": random.choice(faults.retry_after_values)},
             )
         roll -= faults.api_429
         if roll < faults.api_5xx:
@@ -243,6 +243,11 @@ class OrderAPI:
         if request.method == "POST" and self.keys[key].read_only:
             raise APIFailure(403, "permission_denied", "This API key is read-only.")
         return await handler(request)
+
+    def window_wait(self, key: str, now: float) -> float | None:
+        """Count one request of ``key`` (None), or say how long until its window has room."""
+        window = self._windows.setdefault(key, SlidingWindow(self.config.rps))
+        return window.try_acquire(now)
 
     def _authenticate(self, request: web.Request) -> str:
         key = request.headers.get(self.contract.api_key_header)
@@ -284,6 +289,7 @@ class OrderAPI:
     # -- endpoints ---------------------------------------------------------------------------
 
     async def upload_urls(self, request: web.Request) -> web.Response:
+        key = self._authenticate(request)
         body = await _json_object(request)
         files = body.get("files")
         if not isinstance(files, list) or not files:
@@ -330,6 +336,7 @@ class OrderAPI:
                     param + ".content_length",
                 )
             object_key = f"uploads/{batch}/{i}/{name.lstrip('/')}"
+            self.keys_by_object[object_key] = key
             upload_url = self.presigner.upload_url(object_key, str(ctype), ttl)
             query = parse_qs(urlsplit(upload_url).query)
             self.revocations.issued(query["X-Amz-Date"][0], query["X-Amz-Signature"][0])

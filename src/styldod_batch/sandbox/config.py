@@ -26,6 +26,15 @@ class Faults:
     # An order is created, then its answer (a replay's too) is replaced by a 503: the client
     # cannot tell whether the order exists.
     order_answer_lost: float = 0.0
+    # This share of upload URLs is refused by storage with 403 on every try (a bad URL): each
+    # URL is chosen once, by its object key.
+    storage_403: float = 0.0
+    # The next N PUTs are answered 307, to the same object on the gateway's second address
+    # (as S3 answers a new bucket's first requests); the PUT there goes through.
+    storage_redirects: int = 0
+    # The Retry-After values injected 429s carry, one picked at random each time (garbage
+    # and huge ones included, to see a client cope).
+    retry_after_values: tuple[str, ...] = ("1",)
     latency_ms: float = 0.0
 
     def validate(self) -> None:
@@ -37,10 +46,15 @@ class Faults:
             "api_reset",
             "storage_reset",
             "order_answer_lost",
+            "storage_403",
         ):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ConfigurationError(f"fault probability {name}={value} is not in [0, 1]")
+        if self.storage_redirects < 0:
+            raise ConfigurationError(f"storage_redirects={self.storage_redirects} is negative")
+        if not self.retry_after_values:
+            raise ConfigurationError("retry_after_values needs at least one value")
         if self.latency_ms < 0:
             raise ConfigurationError(f"latency_ms={self.latency_ms} is negative")
 
@@ -77,6 +91,9 @@ class SandboxConfig:
     # Webhook retry intervals (up to 3 retries at increasing intervals).
     webhook_retry_delays_s: tuple[float, ...] = (0.5, 1.0, 2.0)
     webhook_timeout_s: float = 5.0
+    # Count storage PUTs in their key's rate window too (the URL's key): over the limit, a PUT
+    # gets 429 SlowDown, as an API call gets 429.
+    limit_storage_per_key: bool = False
     log_path: Path | None = None
     contract: Contract = DEFAULT_CONTRACT
 

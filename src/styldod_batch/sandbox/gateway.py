@@ -9,9 +9,12 @@ Fault injection and the "expire every outstanding URL now" switch live here too.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import math
 import random
 import time
 from collections.abc import AsyncIterator
+from typing import Protocol
 from xml.sax.saxutils import escape
 
 import aiohttp
@@ -21,6 +24,17 @@ from yarl import URL
 
 from styldod_batch.sandbox.config import Faults
 from styldod_batch.sandbox.requestlog import LogEntry, RequestLog
+
+
+def key_fingerprint(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def _chosen(name: str, share: float) -> bool:
+    """Whether ``name`` is among ``share`` of all names: the same answer every time."""
+    value = int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big")
+    return value < share * 2**32
+
 
 HOP_BY_HOP = frozenset(
     {
@@ -75,14 +89,35 @@ class URLRevocations:
         return amz_date < self.before_second or signature in self.signatures
 
 
+class KeyAccounting(Protocol):
+    """What the gateway asks the Order API: which key an object's URL was issued to, and
+    room in that key's rate window."""
+
+    keys_by_object: dict[str, str]
+
+    def window_wait(self, key: str, now: float) -> float | None: ...
+
+
 class StorageGateway:
     def __init__(
-        self, *, upstream: str, faults: Faults, log: RequestLog, revocations: URLRevocations
+        self,
+        *,
+        upstream: str,
+        faults: Faults,
+        log: RequestLog,
+        revocations: URLRevocations,
+        keys: KeyAccounting | None = None,
+        limit_per_key: bool = False,
     ) -> None:
         self.upstream = URL(upstream)
         self.faults = faults
         self.log = log
         self.revocations = revocations
+        self.keys = keys
+        self.limit_per_key = limit_per_key
+        # The gateway's own address, and a second one that redirected PUTs are sent to.
+        self.host = ""
+        self.alias_host = ""
         self._session: aiohttp.ClientSession | None = None
 
     def app(self) -> web.Application:
@@ -142,6 +177,11 @@ class StorageGateway:
                     "You must provide the Content-Length HTTP header.",
                     resource,
                 )
+        key = self._key_of(request, entry)
+        if request.method == "PUT" and key is not None:
+            refused = await self._per_key(request, entry, key)
+            if refused is not None:
+                return refused
         query = request.rel_url.query
         amz_date, signature = query.get("X-Amz-Date"), query.get("X-Amz-Signature")
         if amz_date and signature and self.revocations.is_revoked(amz_date, signature):
@@ -157,7 +197,7 @@ class StorageGateway:
                 "SlowDown",
                 "Please reduce your request rate.",
                 resource,
-                headers={"Retry-After": "1"},
+                headers={"Retry-After": random.choice(faults.retry_after_values)},
             )
         roll -= faults.storage_429
         if roll < faults.storage_5xx:
@@ -170,11 +210,60 @@ class StorageGateway:
             await _reset_midway(request, entry)
         return await self._forward(request, entry)
 
+    def _key_of(self, request: web.Request, entry: LogEntry) -> str | None:
+        """The key the object's URL was issued to (``/BUCKET/KEY``, path style)."""
+        if self.keys is None:
+            return None
+        parts = request.path.split("/", 2)
+        key = self.keys.keys_by_object.get(parts[2]) if len(parts) == 3 else None
+        if key is not None:
+            entry.key_fingerprint = key_fingerprint(key)
+        return key
+
+    async def _per_key(
+        self, request: web.Request, entry: LogEntry, key: str
+    ) -> web.StreamResponse | None:
+        """Faults and limits tied to an upload URL: a refused URL, a redirect, the key's
+        rate window."""
+        faults = self.faults
+        parts = request.path.split("/", 2)
+        if faults.storage_403 and _chosen(parts[2], faults.storage_403):
+            entry.fault = entry.error_code = "AccessDenied"
+            await _drain(request)
+            return s3_error(403, "AccessDenied", "Access Denied", request.path)
+        if faults.storage_redirects > 0 and request.host != self.alias_host:
+            faults.storage_redirects -= 1
+            entry.fault = "redirect"
+            await _drain(request)
+            location = f"http://{self.alias_host}{request.raw_path}"
+            return s3_error(
+                307,
+                "TemporaryRedirect",
+                "Please re-send this request to the specified temporary endpoint.",
+                request.path,
+                headers={"Location": location},
+            )
+        if self.limit_per_key:
+            wait = self.keys.window_wait(key, entry.mono) if self.keys is not None else None
+            if wait is not None:
+                entry.error_code = "SlowDown"
+                await _drain(request)
+                return s3_error(
+                    429,
+                    "SlowDown",
+                    "Please reduce your request rate.",
+                    request.path,
+                    headers={"Retry-After": str(max(1, math.ceil(wait)))},
+                )
+        return None
+
     async def _forward(self, request: web.Request, entry: LogEntry) -> web.StreamResponse:
         assert self._session is not None
         headers = CIMultiDict(
             (k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP
         )
+        if request.host == self.alias_host:
+            headers["Host"] = self.host  # signed for the gateway's own address
         target = self.upstream.join(URL(request.raw_path, encoded=True))
         body: AsyncIterator[bytes] | None = None
         if request.can_read_body:

@@ -119,16 +119,25 @@ class Sandbox:
             faults=config.faults,
             log=self.log,
             revocations=self.revocations,
+            keys=self.api,
+            limit_per_key=config.limit_storage_per_key,
         )
-        await self._serve(gateway.app(), storage_port)
+        runner = await self._serve(gateway.app(), storage_port)
+        # A second address of the gateway, where redirected PUTs go (as S3's regional
+        # endpoints): the same app, so it serves and logs them alike.
+        alias = web.TCPSite(runner, self.config.host, 0, backlog=1024, reuse_address=True)
+        await alias.start()
+        gateway.host = f"{self.config.host}:{storage_port}"
+        gateway.alias_host = f"{self.config.host}:{_port_of(alias)}"
         await self._serve(self.api.app(), api_port)
 
-    async def _serve(self, app: web.Application, port: int) -> None:
+    async def _serve(self, app: web.Application, port: int) -> web.AppRunner:
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         self._runners.append(runner)
         site = web.TCPSite(runner, self.config.host, port, backlog=1024, reuse_address=True)
         await site.start()
+        return runner
 
     async def close(self) -> None:
         lifecycle = getattr(self, "_lifecycle", None)
@@ -168,3 +177,9 @@ async def serve_until_signalled(config: SandboxConfig) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(Exception):
             loop.remove_signal_handler(sig)
+
+
+def _port_of(site: web.TCPSite) -> int:
+    server = site._server
+    assert server is not None
+    return int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
