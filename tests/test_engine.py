@@ -25,6 +25,7 @@ def settings_for(sandbox_url: str, key: str, **changes: object) -> Settings:
     return Settings(base_url=sandbox_url, api_key=key, **changes)  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 async def test_rate_limited_job_uploads_each_image_once_in_one_of_20_orders_without_429(
     sandbox_factory: SandboxFactory, tmp_path: Path
 ) -> None:

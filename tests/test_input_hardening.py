@@ -153,7 +153,8 @@ async def test_a_reader_that_goes_away_ends_the_output_quietly(
     env = env_for(box)
     upload = ["upload", str(tmp_path / "photos"), "--no-progress"]
     # Followed to the end, so that status lists every image's output: a long status.
-    first = await asyncio.to_thread(run_cli, *upload, "--json", "--wait", env=env)
+    fast = ("--rps", "1000", "--upload-rps", "0")
+    first = await asyncio.to_thread(run_cli, *upload, *fast, "--json", "--wait", env=env)
     assert first.returncode == 0, first.stderr
 
     for args, keep in (

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 import styldod_batch
 from styldod_batch import Settings, Uploader
@@ -265,6 +266,7 @@ async def test_two_processes_on_one_job_order_each_listing_once(
     assert_one_key_per_order(box)
 
 
+@pytest.mark.slow
 async def test_four_overlapping_processes_twenty_times_each_image_in_one_order(
     sandbox_factory: SandboxFactory, tmp_path: Path
 ) -> None:

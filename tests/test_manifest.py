@@ -584,6 +584,7 @@ print(json.dumps(out))
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux's /proc")
+@pytest.mark.slow
 def test_an_interleaved_million_row_manifest_plans_in_bounded_memory(tmp_path: Path) -> None:
     # One real tiny file per place in an order, so no order lists a file twice.
     for k in range(PER_ORDER):

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import orjson
+import pytest
 
 from styldod_batch.sandbox import Sandbox
 from styldod_batch.sandbox.pytest_plugin import SandboxFactory
@@ -55,6 +56,7 @@ async def orders_are_exactly_once(box: Sandbox, expected_orders: int, root: Path
     assert_one_key_per_order(box)
 
 
+@pytest.mark.slow
 async def test_sigkill_at_random_moments_then_rerun_creates_each_order_once(
     sandbox_factory: SandboxFactory, tmp_path: Path
 ) -> None:

@@ -7,6 +7,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from styldod_batch.engine import Uploader
 from styldod_batch.sandbox import KeyConfig
 from styldod_batch.sandbox.pytest_plugin import SandboxFactory
@@ -146,6 +148,7 @@ async def test_dry_run_sends_nothing(sandbox_factory: SandboxFactory, tmp_path: 
     assert len(box.log) == 0
 
 
+@pytest.mark.slow
 async def test_twenty_files_of_200_mb_upload_within_100_mb_of_memory(
     sandbox_factory: SandboxFactory, tmp_path: Path
 ) -> None:

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from styldod_batch.sandbox import Sandbox
 from styldod_batch.sandbox.pytest_plugin import SandboxFactory
 from tests.helpers import (
@@ -53,6 +55,7 @@ def listings_of(photos: Path) -> list[Path]:
     return sorted(p for p in photos.iterdir() if p.is_dir())
 
 
+@pytest.mark.slow
 async def test_four_overlapping_workers_on_postgres_order_each_image_once(
     sandbox_factory: SandboxFactory, postgres_server: PostgresServer, tmp_path: Path
 ) -> None:
