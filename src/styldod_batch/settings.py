@@ -25,14 +25,28 @@ OrderBy = Literal["folder", "none"]
 class RetryPolicy:
     """Bounds for retrying one request: attempts, overall time, and the backoff curve.
 
-    Waits grow as ``base_s * 2**attempt`` up to ``cap_s``, with full jitter; a 429's
-    ``Retry-After`` is honoured by the rate budget instead.
+    Waits grow as ``base_s * 2**attempt`` up to ``cap_s``, with full jitter. A wait the
+    server asks for (``Retry-After``) replaces the backoff, capped at ``max_server_wait_s``
+    (botocore caps at 20 s too): a hostile or broken server cannot park the run. A 429
+    pauses the rate budget instead (every request waits, not just the one refused), for its
+    capped ``Retry-After`` or, without a usable one, ``rate_limited_wait_s``. Every wait,
+    the budget's pause included, counts against ``max_elapsed_s``: a retry that could not
+    start within it is not made.
+
+    One storage PUT attempt has a deadline of ``put_deadline_base_s`` plus its body size
+    at ``put_min_bytes_per_s`` (64 KiB: 64 s; 64 MiB: about 70 min), on top of the idle
+    timeout (``Settings.storage_idle_timeout_s``), so a server that trickles its answer or
+    never reads the body cannot hold an upload forever.
     """
 
     max_attempts: int = 8
     max_elapsed_s: float = 300.0
     base_s: float = 0.1
     cap_s: float = 5.0
+    max_server_wait_s: float = 20.0
+    rate_limited_wait_s: float = 1.0
+    put_deadline_base_s: float = 60.0
+    put_min_bytes_per_s: float = 16 * 1024
 
 
 @dataclass(frozen=True, slots=True)
