@@ -9,13 +9,20 @@ aiofiles in fixed chunks (memory stays at one chunk per upload) and are hashed o
 either way the ETag storage returns must equal the MD5 of what was read.
 
 PUTs go through an aiohttp session of their own, set up for storage that may be hostile or
-broken: proxies from the environment (``trust_env``), bodies kept as sent (no
-decompression), URLs sent exactly as signed and refused (never sent) when they hold a
-control character or user info, 307/308 followed with the body sent again (at most
-``MAX_REDIRECTS`` hops, never from https to http), ``Expect: 100-continue`` before a
-streamed body, an idle timeout and a deadline per attempt (``RetryPolicy.put_deadline_*``).
+broken: proxies from the environment, bodies kept as sent (no decompression), URLs sent
+exactly as signed and refused (never sent) when they hold a control character or user
+info, 307/308 followed with the body sent again (at most ``MAX_REDIRECTS`` hops, never from
+https to http), ``Expect: 100-continue`` before a streamed body, an idle timeout and a
+deadline per attempt (``RetryPolicy.put_deadline_*``).
 Every attempt on the wire, aiohttp's silent re-send on a dead keep-alive connection and each
 redirect hop included, takes a grant from the budget and is counted, in session middlewares.
+
+The proxy for an origin is what ``trust_env=True`` would find (``HTTP(S)_PROXY``,
+``NO_PROXY``, proxy credentials), looked up once per origin and passed to each request:
+``trust_env`` itself looks it up, and ``~/.netrc``, in a thread on every request (measured
+on 2,000 PUTs of 64 KiB to the nginx sink: 2.4 s of CPU instead of 1.35 s), and a netrc
+entry for the storage host would add an ``Authorization`` header, which S3 refuses beside
+a pre-signed URL's own signature.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 
 import aiofiles
 import aiohttp
+from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
 
 from styldod_batch.api import CountingMiddleware, read_at_most
@@ -50,6 +58,7 @@ MAX_REDIRECTS = 4
 # Storage answers a PUT with a few hundred bytes at most; only the start of more is read.
 MAX_STORAGE_ANSWER_BYTES = 64 << 10
 CONNECT_TIMEOUT_S = 30.0
+Proxy = tuple[URL | None, aiohttp.BasicAuth | None]
 # A signed URL is printable ASCII: anything else (CR/LF above all) could forge the request.
 _NOT_URL_SAFE = re.compile(r"[^\x21-\x7e]")
 
@@ -159,6 +168,7 @@ class FileUploader:
             CountingMiddleware(counters, "storage"),
         )
         self._session: aiohttp.ClientSession | None = None
+        self._proxies: dict[tuple[str, str | None, int | None], Proxy] = {}
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -169,7 +179,7 @@ class FileUploader:
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,
-                trust_env=True,
+                trust_env=False,  # proxies: see _proxy_for
                 auto_decompress=False,
                 # An error answer is parsed as sent: never ask for it compressed.
                 skip_auto_headers=("Accept-Encoding",),
@@ -212,6 +222,7 @@ class FileUploader:
             sock_read=self.settings.storage_idle_timeout_s,
         )
         for _hop in range(MAX_REDIRECTS + 1):
+            proxy, proxy_auth = await self._proxy_for(url)
             stream = None if small else FileStream(item, self.settings.stream_chunk_bytes)
             try:
                 async with self.session.put(
@@ -219,11 +230,15 @@ class FileUploader:
                     data=body if stream is None else stream,
                     headers=headers,
                     timeout=timeout,
+                    proxy=proxy,
+                    proxy_auth=proxy_auth,
                     allow_redirects=False,  # followed below: aiohttp cannot re-send a stream
                     expect100=stream is not None,
                 ) as resp:
                     status = resp.status
-                    answer, _ = await read_at_most(resp, MAX_STORAGE_ANSWER_BYTES)
+                    answer = b""
+                    if resp.content_length != 0:  # S3's 200 has none: skip the read
+                        answer, _ = await read_at_most(resp, MAX_STORAGE_ANSWER_BYTES)
                     etag = resp.headers.get("ETag", "").strip().strip('"').lower()
                     location = resp.headers.get("Location")
                     retry_after = resp.headers.get("Retry-After")
@@ -251,6 +266,18 @@ class FileUploader:
         if stream is not None:  # a streamed file: was it still the same file at the end?
             await asyncio.to_thread(self._check_unchanged, item)
         return md5_hex
+
+    async def _proxy_for(self, url: URL) -> Proxy:
+        """The environment's proxy for ``url``'s origin (and its credentials), or none."""
+        origin = (url.scheme, url.raw_host, url.port)
+        found = self._proxies.get(origin)
+        if found is None:
+            try:
+                found = await asyncio.to_thread(get_env_proxy_for_url, url)
+            except LookupError:
+                found = (None, None)
+            self._proxies[origin] = found
+        return found
 
     @staticmethod
     def _check_unchanged(item: ImageItem) -> None:
