@@ -52,7 +52,10 @@ class Exchange:
         await self.writer.drain()
 
     async def read_body(self) -> bytes:
-        """The whole body; first the ``100 Continue`` the client waits for, if it asked."""
+        """The whole body (read once); first the ``100 Continue`` the client waits for, if
+        it asked."""
+        if self.body_read:
+            return self.request.body
         expects = "100-continue" in self.request.headers.get("expect", "").lower()
         if expects and not self.continue_sent:
             self.continue_sent = True
