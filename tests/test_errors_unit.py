@@ -63,7 +63,6 @@ def http_date(offset_s: float) -> str:
         ("nan", None),
         ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),  # a past date: now
         ("Mon, 99 Foo 2015 07:28:00 GMT", None),
-        ("Fri, 31 Dec 9999 23:59:59 -0000", pytest.approx(253402300799 - time.time(), abs=60)),
     ],
 )
 def test_parse_retry_after(value: str | None, expected: object) -> None:
@@ -74,6 +73,8 @@ def test_parse_retry_after_reads_a_future_http_date() -> None:
     wait = parse_retry_after(http_date(120))
     assert wait is not None
     assert 100 < wait <= 121
+    far = parse_retry_after("Fri, 31 Dec 9999 23:59:59 -0000")  # UTC, by RFC 5322
+    assert far == pytest.approx(253402300799 - time.time(), abs=60)
 
 
 @pytest.mark.parametrize(
