@@ -181,6 +181,8 @@ class FileUploader:
                 connector=connector,
                 trust_env=False,  # proxies: see _proxy_for
                 auto_decompress=False,
+                # Storage sets no cookies worth keeping; a jar costs work on every request.
+                cookie_jar=aiohttp.DummyCookieJar(),
                 # An error answer is parsed as sent: never ask for it compressed.
                 skip_auto_headers=("Accept-Encoding",),
                 middlewares=self._middlewares,
