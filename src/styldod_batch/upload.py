@@ -247,7 +247,9 @@ class FileUploader:
             except (TimeoutError, aiohttp.ClientError) as exc:
                 if stream is not None and stream.error is not None:
                     raise stream.error from None
-                raise NetworkError(f"PUT {item.path}: {type(exc).__name__}: {exc}") from exc
+                # aiohttp may quote the URL: never its signature, a credential for hours.
+                reason = str(exc).replace(str(url), str(url.with_query(None)))
+                raise NetworkError(f"PUT {item.path}: {type(exc).__name__}: {reason}") from exc
             finally:
                 if stream is not None:
                     await stream.aclose()
