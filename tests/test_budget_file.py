@@ -29,7 +29,7 @@ from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from styldod_batch.budget import RateBudget
+from styldod_batch.budget import Budget, RateBudget
 from styldod_batch.budget_file import (
     CLAIM,
     DEFER,
@@ -39,7 +39,6 @@ from styldod_batch.budget_file import (
     SLOW_DOWN,
     US,
     WAIT,
-    Budget,
     FileBudget,
     Params,
     SharedState,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from styldod_batch.engine import RunAborted, Uploader
-from styldod_batch.errors import AuthenticationError
+from styldod_batch.engine import Uploader
+from styldod_batch.errors import AuthenticationError, RunAborted
 from styldod_batch.models import ImageItem, ImageResult
 from styldod_batch.orders import effective_options
 from styldod_batch.sandbox import Faults, KeyConfig

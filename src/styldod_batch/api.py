@@ -4,19 +4,27 @@ from __future__ import annotations
 
 import base64
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import orjson
 
-from styldod_batch.budget import RateBudget
-from styldod_batch.errors import NetworkError, api_error, parse_retry_after
+from styldod_batch.budget import Budget
+from styldod_batch.errors import NetworkError, ProtocolError, api_error, parse_retry_after
 from styldod_batch.models import ImageItem, RequestCounters, UploadTarget
 from styldod_batch.retry import retrying
 from styldod_batch.settings import Settings
 
+# The largest answer read whole: an upload-URL answer for 50 files is about 50 KB, an order
+# of 100 images a few tens; past this the answer is not the contract's (a 400 MB one was
+# seen to cost 870 MB of memory).
+MAX_ANSWER_BYTES = 8 << 20
+# Of an error answer only the start is read: its JSON error, or text for the message.
+MAX_ERROR_ANSWER_BYTES = 64 << 10
+
 # Defined where modules that never touch the API (the upload path) can import them cheaply.
 __all__ = [
+    "MAX_ANSWER_BYTES",
     "CountingMiddleware",
     "OrderAPIClient",
     "RequestCounters",
@@ -32,7 +40,7 @@ class OrderAPIClient:
         self,
         session: aiohttp.ClientSession,
         settings: Settings,
-        budget: RateBudget,
+        budget: Budget,
         counters: RequestCounters,
     ) -> None:
         if not settings.api_key:
@@ -83,15 +91,23 @@ class OrderAPIClient:
                 middlewares=self._polling_middlewares if low_priority else self._middlewares,
                 allow_redirects=False,
             ) as resp:
-                raw = await resp.read()
                 if resp.status >= 400:
+                    raw, _ = await read_at_most(resp, MAX_ERROR_ANSWER_BYTES)
                     raise api_error(resp.status, raw, resp.headers, context=context)
+                if resp.status >= 300:
+                    raise ProtocolError(f"{context}: unexpected HTTP {resp.status}")
+                raw, whole = await read_at_most(resp, MAX_ANSWER_BYTES)
+                if not whole:
+                    raise ProtocolError(
+                        f"{context}: the answer is larger than {MAX_ANSWER_BYTES >> 20} MiB"
+                    )
                 replayed = resp.headers.get(self.contract.replayed_header, "").lower() == "true"
-                return (orjson.loads(raw) if raw else None), replayed
-        except (TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise NetworkError(f"{context}: {type(exc).__name__}: {exc}") from exc
+        try:
+            return (orjson.loads(raw) if raw else None), replayed
         except orjson.JSONDecodeError as exc:
-            raise NetworkError(f"{context}: the answer is not JSON") from exc
+            raise ProtocolError(f"{context}: the answer is not JSON") from exc
 
     async def call(
         self,
@@ -130,17 +146,28 @@ class OrderAPIClient:
             for item in items
         ]
         answer, _ = await self.call("POST", self.contract.upload_urls_path, {"files": files})
-        try:
-            urls = answer["upload_urls"]
-            targets = [
-                UploadTarget(u["upload_url"], u["image_url"], u.get("expires_at", "")) for u in urls
-            ]
-        except (KeyError, TypeError) as exc:
-            raise NetworkError(
-                f"POST {self.contract.upload_urls_path}: unexpected answer shape ({exc})"
-            ) from exc
+        context = f"POST {self.contract.upload_urls_path}"
+        urls = answer.get("upload_urls") if isinstance(answer, dict) else None
+        if not isinstance(urls, list):
+            raise ProtocolError(f"{context}: the answer has no upload_urls list")
+        targets = []
+        for url in urls:
+            if not isinstance(url, dict) or not all(
+                isinstance(url.get(name), str) and url[name] for name in ("upload_url", "image_url")
+            ):
+                raise ProtocolError(f"{context}: an entry without upload_url and image_url")
+            expires_at = url.get("expires_at")
+            targets.append(
+                UploadTarget(
+                    url["upload_url"],
+                    url["image_url"],
+                    expires_at if isinstance(expires_at, str) else "",
+                )
+            )
         if len(targets) != len(items):
-            raise NetworkError(f"asked for {len(items)} upload URLs, got {len(targets)}")
+            raise ProtocolError(
+                f"{context}: asked for {len(items)} upload URLs, got {len(targets)}"
+            )
         return targets
 
     async def create_order(
@@ -149,8 +176,10 @@ class OrderAPIClient:
         answer, replayed = await self.call(
             "POST", self.contract.orders_path, payload, idempotency_key=idempotency_key
         )
-        if not isinstance(answer, dict) or "orderID" not in answer:
-            raise NetworkError("POST orders: the answer carries no orderID")
+        order_id = answer.get("orderID") if isinstance(answer, dict) else None
+        if isinstance(order_id, bool) or not isinstance(order_id, str | int) or order_id == "":
+            raise ProtocolError(f"POST {self.contract.orders_path}: the answer carries no orderID")
+        assert isinstance(answer, dict)
         return answer, replayed
 
     async def get_order(self, order_id: str, *, low_priority: bool = False) -> dict[str, Any]:
@@ -159,23 +188,41 @@ class OrderAPIClient:
             "GET", self.contract.order_url_path(order_id), low_priority=low_priority
         )
         if not isinstance(answer, dict):
-            raise NetworkError(f"GET order {order_id}: unexpected answer")
+            raise ProtocolError(f"GET order {order_id}: the answer is not a JSON object")
         return answer
 
 
+async def read_at_most(response: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
+    """Up to ``limit`` bytes of the answer's body, and whether that was all of it (a larger
+    answer is read no further: its connection is then closed, not reused)."""
+    declared = response.content_length
+    if declared is not None and declared > limit:
+        return b"", False
+    data = bytearray()
+    async for chunk in response.content.iter_any():
+        data += chunk
+        if len(data) > limit:
+            return bytes(data[:limit]), False
+    return bytes(data), True
+
+
 class CountingMiddleware:
-    """Counts API attempts on the wire (it runs after the budget's grant); storage PUTs are
-    counted by ``FileUploader``."""
+    """Counts attempts on the wire (it runs after the budget's grant), and the 429s among
+    them, as ``kind`` (API calls or storage PUTs)."""
 
-    __slots__ = ("counters",)
+    __slots__ = ("counters", "storage")
 
-    def __init__(self, counters: RequestCounters) -> None:
+    def __init__(self, counters: RequestCounters, kind: Literal["api", "storage"] = "api") -> None:
         self.counters = counters
+        self.storage = kind == "storage"
 
     async def __call__(
         self, request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
     ) -> aiohttp.ClientResponse:
-        self.counters.api += 1
+        if self.storage:
+            self.counters.storage += 1
+        else:
+            self.counters.api += 1
         response = await handler(request)
         if response.status == 429:
             self.counters.rate_limited += 1

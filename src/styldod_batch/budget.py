@@ -4,18 +4,21 @@ The API counts arrivals strictly: no more than ``rate`` in any sliding one-secon
 ``aiolimiter.AsyncLimiter(rate, 1)`` cannot promise that (its bucket starts full and then
 drips, so twice the rate fits in one window), so the budget combines two rules:
 
-* a steady drip of one request per ``1 / rate`` seconds (``AsyncLimiter(1, 1 / rate)``),
-  which keeps traffic smooth, and
+* a steady drip: grants at least ``1 / rate`` seconds apart, which keeps traffic smooth, and
 * a record of the last ``rate`` grants: the next one waits until the oldest is more than
   ``window + margin`` old, which makes the sliding-window promise hold outright, with the
   margin absorbing delivery jitter between the grant and the server's clock.
 
-A 429 pauses the whole budget for ``Retry-After`` and halves its rate; the rate then
-recovers linearly to the nominal one over ``recovery_s``.
+A 429 pauses the whole budget for ``Retry-After`` (at most ``max_pause_s``: a server cannot
+park the run) and halves its rate; the rate then recovers linearly to the nominal one over
+``recovery_s``.
 
 The budget is enforced in an aiohttp client middleware, which aiohttp runs for every
 attempt it makes, including the silent re-send of an idempotent request on a dead
 keep-alive connection, so no request reaches the wire without a grant.
+
+Time comes from a ``Clock`` (``time.monotonic`` and ``asyncio.sleep`` by default), so tests
+can run the budget and the retry loop on virtual time without sleeping.
 """
 
 from __future__ import annotations
@@ -23,28 +26,52 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
-from aiolimiter import AsyncLimiter
+from styldod_batch.errors import ConfigurationError
 
-if TYPE_CHECKING:  # aiohttp only for the middleware's types: the upload path never loads it
-    from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
+if TYPE_CHECKING:  # aiohttp only for the middleware's types
+    from aiohttp import ClientHandlerType, ClientMiddlewareType, ClientRequest, ClientResponse
+
+
+class Clock(Protocol):
+    """Where the budget and the retry loop read the time and wait."""
+
+    def now(self) -> float: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class MonotonicClock:
+    """The real clock: ``time.monotonic`` and ``asyncio.sleep``."""
+
+    __slots__ = ()
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+SYSTEM_CLOCK = MonotonicClock()
 
 
 class RateBudget:
     """At most ``rate`` grants in any sliding window of ``window_s`` (+ margin) seconds."""
 
     __slots__ = (
-        "_drip",
-        "_drip_rate",
+        "_clock",
         "_grants",
         "_idle",
+        "_last_grant",
         "_last_slowdown",
         "_lock",
         "_paused_until",
         "_slowed_rate",
         "_waiting",
         "granted",
+        "max_pause_s",
         "name",
         "nominal_rate",
         "rate_limited",
@@ -59,7 +86,9 @@ class RateBudget:
         window_s: float = 1.0,
         margin_s: float = 0.015,
         recovery_s: float = 10.0,
+        max_pause_s: float = 20.0,
         name: str = "budget",
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         if rate <= 0:
             raise ValueError("rate must be positive")
@@ -67,13 +96,14 @@ class RateBudget:
         self.nominal_rate = float(rate)
         self.window_s = window_s + margin_s
         self.recovery_s = recovery_s
+        self.max_pause_s = max_pause_s
+        self._clock = clock
         self._grants: deque[float] = deque(maxlen=max(1, int(rate)))
         self._lock = asyncio.Lock()
-        self._paused_until = 0.0
+        self._paused_until = float("-inf")
+        self._last_grant = float("-inf")
         self._slowed_rate = self.nominal_rate
         self._last_slowdown = 0.0
-        self._drip_rate = self.nominal_rate
-        self._drip = AsyncLimiter(1, 1.0 / self.nominal_rate)
         self.granted = 0
         self.rate_limited = 0
         self._waiting = 0
@@ -84,9 +114,13 @@ class RateBudget:
     def current_rate(self) -> float:
         if self._slowed_rate >= self.nominal_rate:
             return self.nominal_rate
-        elapsed = time.monotonic() - self._last_slowdown
+        elapsed = self._clock.now() - self._last_slowdown
         regained = (self.nominal_rate - self._slowed_rate) * elapsed / self.recovery_s
         return min(self.nominal_rate, self._slowed_rate + regained)
+
+    def pause_remaining_s(self) -> float:
+        """How long the budget stays paused by a 429 (0 when it is not)."""
+        return max(0.0, self._paused_until - self._clock.now())
 
     async def acquire(self, *, low_priority: bool = False) -> None:
         """Wait for a grant. A low-priority caller (order polling) lets every normal
@@ -108,32 +142,53 @@ class RateBudget:
     async def _acquire(self) -> None:
         # asyncio.Lock wakes waiters in FIFO order, so grants are first come, first served.
         async with self._lock:
-            rate = self.current_rate
-            if abs(rate - self._drip_rate) > 0.05 * self.nominal_rate:
-                self._drip_rate = rate
-                self._drip = AsyncLimiter(1, 1.0 / rate)
-            await self._drip.acquire()
+            clock = self._clock
             while True:
-                now = time.monotonic()
-                ready = self._paused_until
+                now = clock.now()
+                # The rate is read again after every wait: a 429 meanwhile slows it.
+                ready = max(self._paused_until, self._last_grant + 1.0 / self.current_rate)
                 if len(self._grants) == self._grants.maxlen:
                     ready = max(ready, self._grants[0] + self.window_s)
                 if ready <= now:
                     break
-                await asyncio.sleep(ready - now)
-            self._grants.append(time.monotonic())
+                await clock.sleep(ready - now)
+            self._last_grant = now
+            self._grants.append(now)
             self.granted += 1
 
     def slow_down(self, retry_after_s: float) -> None:
-        """A 429 arrived: pause everything for ``retry_after_s`` and halve the rate."""
-        now = time.monotonic()
+        """A 429 arrived: pause everything for ``retry_after_s`` (at most ``max_pause_s``;
+        NaN or negative: no pause) and halve the rate."""
+        now = self._clock.now()
         self.rate_limited += 1
-        self._paused_until = max(self._paused_until, now + max(retry_after_s, 0.0))
+        pause = min(retry_after_s, self.max_pause_s) if retry_after_s > 0 else 0.0
+        self._paused_until = max(self._paused_until, now + pause)
         self._slowed_rate = max(self.current_rate / 2, min(1.0, self.nominal_rate))
         self._last_slowdown = now
 
     def middleware(self, *, low_priority: bool = False) -> BudgetMiddleware:
         return BudgetMiddleware(self, low_priority=low_priority)
+
+
+class Budget(Protocol):
+    """What the engine needs of a budget: ``RateBudget`` (this process), ``FileBudget`` (the
+    processes of one machine) and ``RedisBudget`` (every machine)."""
+
+    name: str
+    nominal_rate: float
+    granted: int
+    rate_limited: int
+
+    @property
+    def current_rate(self) -> float: ...
+
+    async def acquire(self, *, low_priority: bool = False) -> None: ...
+
+    def slow_down(self, retry_after_s: float) -> None: ...
+
+    def pause_remaining_s(self) -> float: ...
+
+    def middleware(self, *, low_priority: bool = False) -> ClientMiddlewareType: ...
 
 
 class BudgetMiddleware:
@@ -148,3 +203,53 @@ class BudgetMiddleware:
     async def __call__(self, request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
         await self.budget.acquire(low_priority=self.low_priority)
         return await handler(request)
+
+
+# A shared budget keeps a log of its last ``rate`` grants: beyond what any API allows, that
+# log would cost more than sharing saves, and such a budget stays this process's own.
+SHARED_MAX_RATE = 200.0
+
+
+async def open_budget(
+    choice: str | None,
+    rate: float,
+    *,
+    name: str,
+    base_url: str,
+    api_key: str | None,
+    margin_s: float,
+    max_pause_s: float,
+    folder: str | None,
+) -> Budget:
+    """The budget ``choice`` names, open: "process" (this process alone), "file:[DIR]" (every
+    process of this machine; DIR defaults to ``folder``, the ledger's), "redis://..." (every
+    machine). None picks "file:" when there is a ``folder`` to share, else "process"."""
+    if choice is None:
+        choice = "file:" if folder is not None else "process"
+    if choice == "process" or rate > SHARED_MAX_RATE:
+        return RateBudget(rate, margin_s=margin_s, max_pause_s=max_pause_s, name=name)
+    if choice.startswith("file:"):
+        from styldod_batch.budget_file import FileBudget
+
+        shared: Any = FileBudget.for_key(
+            base_url,
+            api_key,
+            rate,
+            name=name,
+            folder=choice.removeprefix("file:") or folder,
+            margin_s=margin_s,
+        )
+    else:
+        try:
+            from styldod_batch.budget_redis import RedisBudget
+        except ImportError as exc:  # the optional extra
+            raise ConfigurationError(
+                "--budget redis://... needs redis: pip install 'styldod-batch[shared]'"
+            ) from exc
+        shared = RedisBudget(
+            choice, rate, base_url=base_url, api_key=api_key, name=name, margin_s=margin_s
+        )
+    shared.max_pause_s = max_pause_s
+    await shared.open()
+    budget: Budget = shared
+    return budget

@@ -61,14 +61,14 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, NamedTuple, Protocol, Self
+from typing import TYPE_CHECKING, NamedTuple, Self
 
 import orjson
 
 from styldod_batch.errors import ConfigurationError
 
 if TYPE_CHECKING:  # aiohttp only for the middleware's types: the upload path never loads it
-    from aiohttp import ClientHandlerType, ClientMiddlewareType, ClientRequest, ClientResponse
+    from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
 
 log = logging.getLogger("styldod_batch.budget")
 
@@ -84,24 +84,6 @@ RELEASE = "release"
 SLOW_DOWN = "slow"
 
 US = 1_000_000
-
-
-class Budget(Protocol):
-    """What the engine needs of a budget: ``RateBudget``, ``FileBudget`` and ``RedisBudget``."""
-
-    name: str
-    nominal_rate: float
-    granted: int
-    rate_limited: int
-
-    @property
-    def current_rate(self) -> float: ...
-
-    async def acquire(self, *, low_priority: bool = False) -> None: ...
-
-    def slow_down(self, retry_after_s: float) -> None: ...
-
-    def middleware(self, *, low_priority: bool = False) -> ClientMiddlewareType: ...
 
 
 def key_fingerprint(api_key: str | None) -> str:
@@ -318,10 +300,13 @@ class SharedBudget(abc.ABC):
         tolerance_s: float | None = None,
         cold_pause: bool = True,
         name: str = "budget",
+        max_pause_s: float = 20.0,
     ) -> None:
         if rate <= 0:
             raise ValueError("rate must be positive")
         self.name = name
+        # No server-given pause lasts longer (``RetryPolicy.max_server_wait_s``).
+        self.max_pause_s = max_pause_s
         self.nominal_rate = float(rate)
         self.window_s = window_s + margin_s
         self.recovery_s = recovery_s
@@ -447,7 +432,7 @@ class SharedBudget(abc.ABC):
     def slow_down(self, retry_after_s: float) -> None:
         """A 429 arrived: this process stops at once; every other one as soon as the shared
         state has the pause (a task, since the caller may not wait)."""
-        retry_after_s = max(retry_after_s, 0.0)
+        retry_after_s = min(max(retry_after_s, 0.0), self.max_pause_s)
         self.rate_limited += 1
         self._local_pause_until = max(self._local_pause_until, time.monotonic() + retry_after_s)
         self._rate = max(self._rate / 2, min(1.0, self.nominal_rate))
@@ -456,6 +441,10 @@ class SharedBudget(abc.ABC):
         except RuntimeError:  # no running loop: the local pause only
             return
         self._spawn(loop, self._publish_slow_down(round(retry_after_s * US)))
+
+    def pause_remaining_s(self) -> float:
+        """How long this process stays paused by a 429 (0 when it is not)."""
+        return max(0.0, self._local_pause_until - time.monotonic())
 
     async def flush(self) -> None:
         """Wait until what ``slow_down`` sent has reached the shared state."""

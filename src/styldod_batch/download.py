@@ -24,7 +24,7 @@ import aiofiles
 import aiohttp
 from yarl import URL
 
-from styldod_batch.budget import RateBudget
+from styldod_batch.budget import Budget
 from styldod_batch.errors import (
     ConfigurationError,
     NetworkError,
@@ -199,7 +199,7 @@ class OutputDownloader:
         session: aiohttp.ClientSession,
         directory: Path,
         *,
-        budget: RateBudget | None,
+        budget: Budget | None,
         ledger: Ledger | None,
         retry: RetryPolicy,
         concurrency: int,

@@ -28,20 +28,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
 
 from styldod_batch.api import OrderAPIClient, RequestCounters
-from styldod_batch.budget import RateBudget
+from styldod_batch.budget import Budget, RateBudget, open_budget
 from styldod_batch.errors import (
     APIError,
     AuthenticationError,
     BadRequest,
     Conflict,
     InputError,
+    NetworkError,
     PermissionDenied,
     RateLimited,
+    RunAborted,
+    ServiceUnreachable,
     StyldodError,
     UnprocessableEntity,
     UploadURLExpired,
@@ -60,6 +64,7 @@ from styldod_batch.ledger import (
     OrderOutcome,
     OrderRecord,
     Owner,
+    SQLiteLedger,
     open_ledger,
 )
 from styldod_batch.logs import event as log_event
@@ -102,15 +107,6 @@ CLAIM_POLL_S = 0.25
 _IMAGE_PARAM = re.compile(r"image_list\[(\d+)\]")
 
 
-class RunAborted(StyldodError):
-    """A failure that stops the whole run (e.g. 401): carries the report so far."""
-
-    def __init__(self, cause: APIError, report: Report) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
-        self.report = report
-
-
 class Uploader:
     """``async with Uploader(settings) as up: report = await up.run(paths)``.
 
@@ -135,12 +131,14 @@ class Uploader:
         # The key's server-side defaults, as far as the caller knows them (dry-run plans).
         self.global_options = dict(global_options or {})
         self.counters = RequestCounters()
-        self.api_budget = RateBudget(settings.rps, margin_s=settings.window_margin_s, name="api")
+        # This process's budgets until ``async with``, which may share them (``Settings.budget``).
+        self.api_budget: Budget = RateBudget(
+            settings.rps, margin_s=settings.window_margin_s, name="api"
+        )
+        self.storage_budget: Budget | None = None
         if settings.upload_rps is None:
-            self.storage_budget: RateBudget | None = self.api_budget
-        elif settings.upload_rps == 0:
-            self.storage_budget = None
-        else:
+            self.storage_budget = self.api_budget
+        elif settings.upload_rps != 0:
             self.storage_budget = RateBudget(
                 settings.upload_rps, margin_s=settings.window_margin_s, name="storage"
             )
@@ -174,6 +172,11 @@ class Uploader:
         self.ledger = await open_ledger(self.settings, read_only=self.settings.dry_run)
         if self.settings.dry_run:
             return self
+        try:
+            await self._share_budgets(self.ledger)
+        except BaseException:
+            await self.ledger.close()
+            raise
         from styldod_batch.storage import FileUploader
 
         connector = aiohttp.TCPConnector(
@@ -189,6 +192,36 @@ class Uploader:
         self._file_uploader = FileUploader(self.settings, self.storage_budget, self.counters)
         return self
 
+    async def _share_budgets(self, ledger: Ledger) -> None:
+        """Open the budgets ``Settings.budget`` chooses; by default every process that keeps
+        its ledger in the same folder shares them (through a file there)."""
+        settings = self.settings
+        folder = None
+        if isinstance(ledger, SQLiteLedger):
+            folder = str(ledger.path.parent)
+        elif ledger.durable:  # a server ledger: shared with this machine's other processes
+            from styldod_batch.budget_file import default_budget_folder
+
+            folder = str(default_budget_folder())
+
+        async def opened(rate: float, name: str) -> Budget:
+            return await open_budget(
+                settings.budget,
+                rate,
+                name=name,
+                base_url=settings.base_url,
+                api_key=settings.api_key,
+                margin_s=settings.window_margin_s,
+                max_pause_s=settings.retry.max_server_wait_s,
+                folder=folder,
+            )
+
+        self.api_budget = await opened(settings.rps, "api")
+        if settings.upload_rps is None:
+            self.storage_budget = self.api_budget
+        elif settings.upload_rps != 0:
+            self.storage_budget = await opened(settings.upload_rps, "storage")
+
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,
@@ -201,6 +234,10 @@ class Uploader:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        for budget in {id(b): b for b in (self.api_budget, self.storage_budget) if b}.values():
+            close = getattr(budget, "close", None)
+            if close is not None:
+                await close()
         if self.ledger is not None:
             await self.ledger.close()
             self.ledger = None
@@ -434,6 +471,8 @@ class _Run:
         self._batch_numbers: int | None = None
         self._batch_lock = asyncio.Lock()
         self._grace_over = False
+        # Whether the API answered anything in this run (an error status counts).
+        self._answered = False
 
     async def execute(self, feed: Feed) -> Report:
         keeper = asyncio.create_task(self._keep_claims())
@@ -476,10 +515,10 @@ class _Run:
                 ]
                 group.create_task(self._finish_stages(presigners, workers))
                 # Order tasks join the group as their images settle; it ends with the last.
-        except* (AuthenticationError, PermissionDenied) as fatal:
+        except* (AuthenticationError, PermissionDenied, ServiceUnreachable) as fatal:
             self._finish_report()
             cause = fatal.exceptions[0]
-            assert isinstance(cause, APIError)
+            assert isinstance(cause, StyldodError)
             raise RunAborted(cause, self.report) from None
         except* LedgerError as broken:
             raise broken.exceptions[0] from None
@@ -810,7 +849,18 @@ class _Run:
         assert api is not None
         try:
             targets = await api.upload_urls([item for item, _ in batch])
+            self._answered = True
+        except NetworkError as exc:
+            if not self._answered:
+                # Not one answer this run (a closed port, an unknown host): one line, exit 4,
+                # rather than every file failing with the same reason.
+                host = urlsplit(self.settings.base_url).netloc
+                raise ServiceUnreachable(host, str(exc)) from None
+            for item, part in batch:
+                await self._failed(part, item, f"no upload URL: {exc}")
+            return
         except (BadRequest, UnprocessableEntity) as exc:
+            self._answered = True
             if len(batch) > 1:
                 for one in batch:  # isolate the file the API refuses; the rest go on
                     await self._presign([one])
@@ -821,6 +871,7 @@ class _Run:
         except (AuthenticationError, PermissionDenied):
             raise
         except StyldodError as exc:
+            self._answered = self._answered or isinstance(exc, APIError)
             for item, part in batch:
                 await self._failed(part, item, f"no upload URL: {exc}")
             return

@@ -1,12 +1,25 @@
 """The exception tree: one class per failure a caller handles differently.
 
 ``StyldodError``
+ ├─ ``RunAborted``              the run stopped as a whole; carries its ``cause`` and the
+ │                              ``report`` of what was done
  ├─ ``ConfigurationError``      bad settings or arguments; nothing was sent (exit 2)
  ├─ ``InputError``              one input file cannot be used; the batch goes on
- ├─ ``NetworkError``            no HTTP answer (refused, reset, timed out): retryable
+ ├─ ``NetworkError``            no (valid) HTTP answer: refused, reset, timed out: retryable
+ │   └─ ``ServiceUnreachable``  the API never answered this run at all (exit 4)
+ ├─ ``ProtocolError``           the API answered, but not as the contract says (not JSON,
+ │                              wrong shape, no orderID, too large): not retryable
  ├─ ``IntegrityError``          storage stored something other than what was sent: retryable
- ├─ ``UploadURLExpired``        a pre-signed URL is past its expiry: fetch a new one
- └─ ``APIError``                the service answered with an error status
+ ├─ ``StorageError``            a PUT to a pre-signed URL failed: that file's problem alone,
+ │   │                          never the run's (other 3xx/4xx answers: not retryable)
+ │   ├─ ``UploadURLExpired``    403 "Request has expired": fetch a new URL and retry
+ │   ├─ ``StorageAccessDenied`` 401/403 (signature mismatch, access denied): that file fails
+ │   ├─ ``StorageNotFound``     404 (no such bucket): that file fails
+ │   ├─ ``StorageRateLimited``  429, or 503 SlowDown: retryable after ``retry_after``
+ │   ├─ ``StorageServerError``  other 5xx: retryable
+ │   └─ ``UnsafeUploadURL``     a URL that cannot be sent as signed (control characters,
+ │                              user info, not http(s), a redirect elsewhere): never sent
+ └─ ``APIError``                the Order API answered with an error status
      ├─ ``BadRequest``          400
      ├─ ``AuthenticationError`` 401: the whole run stops (exit 3)
      ├─ ``RequestDeclined``     402: valid, but the service declined it (e.g. an order)
@@ -18,16 +31,23 @@
      ├─ ``RateLimited``         429: retryable after ``retry_after``
      └─ ``ServerError``         5xx: retryable
 
-Messages never contain the API key or secret.
+Storage errors are deliberately not ``APIError``s: the engine stops the run on the Order
+API's 401/403 (``AuthenticationError``, ``PermissionDenied``), and a refused pre-signed URL
+must not do that. Messages never contain the API key or secret.
 """
 
 from __future__ import annotations
 
+import datetime
 import email.utils
+import math
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
+
+if TYPE_CHECKING:
+    from styldod_batch.report import Report
 
 
 class StyldodError(Exception):
@@ -48,9 +68,36 @@ class InputError(StyldodError):
 
 
 class NetworkError(StyldodError):
-    """The request got no HTTP answer: connection refused or reset, or a timeout."""
+    """The request got no valid HTTP answer: connection refused or reset, or a timeout."""
 
     retryable = True
+
+
+class ServiceUnreachable(NetworkError):
+    """The Order API could not be reached at all (a closed port, an unknown host): not one
+    answer this run. Later in a job, the same faults are retried as transient."""
+
+    retryable = False
+
+    def __init__(self, host: str, reason: str) -> None:
+        super().__init__(f"the service could not be reached at {host}: {reason}")
+        self.host = host
+
+
+class RunAborted(StyldodError):
+    """A failure that stops the whole run (the key refused, the service unreachable): carries
+    the ``cause`` and the ``report`` of what was done so far."""
+
+    def __init__(self, cause: StyldodError, report: Report) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.report = report
+
+
+class ProtocolError(StyldodError):
+    """The API answered, but not as the contract says: sending it again would not help."""
+
+    retryable = False
 
 
 class IntegrityError(StyldodError):
@@ -59,10 +106,60 @@ class IntegrityError(StyldodError):
     retryable = True
 
 
-class UploadURLExpired(StyldodError):
+class StorageError(StyldodError):
+    """A PUT to a pre-signed URL failed; it concerns that one file, never the whole run."""
+
+    retryable = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        if self.status is None:
+            return self.message
+        code = f" {self.code}" if self.code else ""
+        return f"storage HTTP {self.status}{code}: {self.message}"
+
+
+class UploadURLExpired(StorageError):
     """Storage refused a pre-signed URL as expired; a fresh URL is needed."""
 
     retryable = True
+
+
+class StorageAccessDenied(StorageError):
+    """401/403: storage refused this URL (bad signature, access denied); the file fails."""
+
+
+class StorageNotFound(StorageError):
+    """404: the URL names no bucket storage knows; the file fails."""
+
+
+class StorageRateLimited(StorageError):
+    """429 or 503 SlowDown: retry after ``retry_after`` seconds, and slow down."""
+
+    retryable = True
+
+
+class StorageServerError(StorageError):
+    """5xx (or S3's 400 RequestTimeout): storage failed; retry with backoff."""
+
+    retryable = True
+
+
+class UnsafeUploadURL(StorageError):
+    """A URL that cannot be sent exactly as signed, or a redirect to one; nothing was sent."""
 
 
 class APIError(StyldodError):
@@ -180,16 +277,39 @@ def is_retryable(exc: BaseException) -> bool:
     return bool(getattr(exc, "retryable", False))
 
 
+def is_rate_limited(exc: BaseException) -> bool:
+    """A 429 (or S3's SlowDown): the whole budget should pause, not just this request."""
+    return isinstance(exc, RateLimited | StorageRateLimited)
+
+
+def server_wait_s(exc: BaseException) -> float | None:
+    """How long the server asked to wait before a retry (its ``Retry-After``), if it did."""
+    if isinstance(exc, APIError | StorageError):
+        return exc.retry_after
+    return None
+
+
 def parse_retry_after(value: str | None) -> float | None:
+    """``Retry-After`` in seconds: a number of seconds or an HTTP date (a past one is 0).
+
+    Garbage, a negative number, infinity or NaN mean no usable value: None. Not capped here;
+    whoever waits caps it (``RetryPolicy.max_server_wait_s``, ``RateBudget.max_pause_s``).
+    """
     if not value:
         return None
+    value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
-    when = email.utils.parsedate_to_datetime(value) if value else None
-    if when is None:
+    else:
+        return seconds if math.isfinite(seconds) and seconds >= 0 else None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
+    if when.tzinfo is None:  # "-0000": UTC, by RFC 5322
+        when = when.replace(tzinfo=datetime.UTC)
     return max(0.0, when.timestamp() - time.time())
 
 
@@ -216,3 +336,34 @@ def api_error(status: int, body: bytes, headers: Any, *, context: str) -> APIErr
         param=param,
         retry_after=parse_retry_after(headers.get("Retry-After")),
     )
+
+
+def storage_error(status: int, body: bytes, retry_after: str | None) -> StyldodError:
+    """Map storage's error answer to a PUT (an S3 XML ``<Error>``, or anything) to its
+    exception: a ``StorageError``, or an ``IntegrityError`` when the body arrived damaged."""
+    code = _xml_field(body, "Code")
+    message = _xml_field(body, "Message") or code or f"HTTP {status}"
+    wait = parse_retry_after(retry_after)
+    if status == 400 and code in ("BadDigest", "IncompleteBody"):
+        return IntegrityError(f"storage HTTP {status} {code}: {message}")
+    cls: type[StorageError] = StorageError
+    if status == 403 and "expired" in message.lower():
+        cls = UploadURLExpired
+    elif status in (401, 403):
+        cls = StorageAccessDenied
+    elif status == 404:
+        cls = StorageNotFound
+    elif status == 429 or (status == 503 and code == "SlowDown"):
+        cls = StorageRateLimited
+    elif status >= 500 or (status == 400 and code == "RequestTimeout"):
+        cls = StorageServerError
+    return cls(message, status=status, code=code, retry_after=wait)
+
+
+def _xml_field(body: bytes, name: str) -> str | None:
+    start = body.find(f"<{name}>".encode())
+    end = body.find(f"</{name}>".encode(), start + 1)
+    if start < 0 or end < 0:
+        return None
+    text = body[start + len(name) + 2 : end].decode(errors="replace").strip()
+    return text[:500] or None

@@ -22,7 +22,7 @@ from styldod_batch.logs import event
 from styldod_batch.report import Report
 
 if TYPE_CHECKING:
-    from styldod_batch.budget import RateBudget
+    from styldod_batch.budget import Budget
 
 # Rates are measured over this many recent seconds.
 RATE_WINDOW_S = 5.0
@@ -62,7 +62,7 @@ class Snapshot:
 class Meter:
     """Turns successive reports into a ``Snapshot`` (rates over the last few seconds)."""
 
-    def __init__(self, budget: RateBudget | None = None) -> None:
+    def __init__(self, budget: Budget | None = None) -> None:
         self.budget = budget
         self.started = time.monotonic()
         self._samples: deque[tuple[float, int, int, int]] = deque()
@@ -121,7 +121,7 @@ class ProgressShow:
         self,
         read: Callable[[], Report | None],
         *,
-        budget: RateBudget | None = None,
+        budget: Budget | None = None,
         terminal: bool,
         log_every_s: float = 10.0,
     ) -> None:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import random
-import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from styldod_batch.budget import RateBudget
-from styldod_batch.errors import RateLimited, is_retryable
+from styldod_batch.budget import SYSTEM_CLOCK, Budget, Clock
+from styldod_batch.errors import is_rate_limited, is_retryable, server_wait_s
 from styldod_batch.settings import RetryPolicy
 
 T = TypeVar("T")
@@ -20,20 +18,32 @@ def backoff_s(policy: RetryPolicy, attempt: int) -> float:
     return random.uniform(0.0, min(policy.cap_s, policy.base_s * (2**attempt)))
 
 
+def capped_server_wait_s(exc: BaseException, policy: RetryPolicy) -> float | None:
+    """The server's ``Retry-After`` for ``exc``, at most ``policy.max_server_wait_s``."""
+    wait = server_wait_s(exc)
+    if wait is None or not wait >= 0:  # NaN included: the parser's caller may be careless
+        return None
+    return min(wait, policy.max_server_wait_s)
+
+
 async def retrying(
     call: Callable[[], Awaitable[T]],
     policy: RetryPolicy,
     *,
-    budget: RateBudget | None = None,
+    budget: Budget | None = None,
     on_retry: Callable[[BaseException], None] | None = None,
     retryable: Callable[[BaseException], bool] = is_retryable,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> T:
     """Run ``call`` until it succeeds, fails permanently, or the policy's bounds run out.
 
-    A 429 pauses and slows ``budget`` for its ``Retry-After`` (every caller then waits, not
-    just this one); other retryable failures sleep a jittered exponential backoff.
+    A 429 pauses and slows ``budget`` for its capped ``Retry-After`` (every caller then
+    waits, not just this one); another retryable failure waits its capped ``Retry-After``
+    if it has one, else a jittered exponential backoff. The next attempt is not made when
+    its wait, or the budget's pause, would end past ``policy.max_elapsed_s``: the failure
+    is raised instead.
     """
-    started = time.monotonic()
+    started = clock.now()
     attempt = 0
     while True:
         try:
@@ -42,17 +52,19 @@ async def retrying(
             attempt += 1
             if not retryable(exc) or attempt >= policy.max_attempts:
                 raise
-            if isinstance(exc, RateLimited):
+            asked = capped_server_wait_s(exc, policy)
+            delay = backoff_s(policy, attempt) if asked is None else asked
+            if is_rate_limited(exc):
+                wait = policy.rate_limited_wait_s if asked is None else asked
                 if budget is not None:
-                    budget.slow_down(exc.retry_after if exc.retry_after is not None else 1.0)
-                    delay = 0.0
+                    budget.slow_down(wait)
+                    delay = 0.0  # the budget's pause is the wait
                 else:
-                    delay = exc.retry_after or 1.0
-            else:
-                delay = backoff_s(policy, attempt)
-            if time.monotonic() + delay - started > policy.max_elapsed_s:
+                    delay = wait
+            pending = max(delay, budget.pause_remaining_s() if budget is not None else 0.0)
+            if clock.now() - started + pending > policy.max_elapsed_s:
                 raise
             if on_retry is not None:
                 on_retry(exc)
             if delay:
-                await asyncio.sleep(delay)
+                await clock.sleep(delay)

@@ -19,6 +19,7 @@ ENV_API_KEY = "STYLDOD_API_KEY"
 ENV_API_SECRET = "STYLDOD_API_SECRET"  # noqa: S105 (the variable's name, not a secret)
 ENV_BASE_URL = "STYLDOD_BASE_URL"
 ENV_STATE = "STYLDOD_STATE"
+ENV_BUDGET = "STYLDOD_BUDGET_URL"
 
 OrderBy = Literal["folder", "none"]
 # Uploads in flight at once: beyond this, more workers only cost memory (each holds a buffer).
@@ -29,14 +30,28 @@ MAX_CONCURRENCY = 512
 class RetryPolicy:
     """Bounds for retrying one request: attempts, overall time, and the backoff curve.
 
-    Waits grow as ``base_s * 2**attempt`` up to ``cap_s``, with full jitter; a 429's
-    ``Retry-After`` is honoured by the rate budget instead.
+    Waits grow as ``base_s * 2**attempt`` up to ``cap_s``, with full jitter. A wait the
+    server asks for (``Retry-After``) replaces the backoff, capped at ``max_server_wait_s``
+    (botocore caps at 20 s too): a hostile or broken server cannot park the run. A 429
+    pauses the rate budget instead (every request waits, not just the one refused), for its
+    capped ``Retry-After`` or, without a usable one, ``rate_limited_wait_s``. Every wait,
+    the budget's pause included, counts against ``max_elapsed_s``: a retry that could not
+    start within it is not made.
+
+    One storage PUT attempt has a deadline of ``put_deadline_base_s`` plus its body size
+    at ``put_min_bytes_per_s`` (64 KiB: 64 s; 64 MiB: about 70 min), on top of the idle
+    timeout (``Settings.storage_idle_timeout_s``), so a server that trickles its answer or
+    never reads the body cannot hold an upload forever.
     """
 
     max_attempts: int = 8
     max_elapsed_s: float = 300.0
     base_s: float = 0.1
     cap_s: float = 5.0
+    max_server_wait_s: float = 20.0
+    rate_limited_wait_s: float = 1.0
+    put_deadline_base_s: float = 60.0
+    put_min_bytes_per_s: float = 16 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +104,10 @@ class Settings:
     reorder_changed: bool = False
     # Follow links that lead outside the input folders (else they are skipped, and named).
     follow_symlinks: bool = False
+    # Who shares the key's rate budget: "process" (this one), "file:[DIR]" (every process of
+    # this machine), "redis://HOST:PORT/DB" (every machine); None: the processes that share
+    # the ledger folder. May hold a Redis password: never shown.
+    budget: str | None = field(default=None, repr=False)
     # After a stop is requested, in-flight requests get this long to finish.
     stop_grace_s: float = 30.0
     # Following orders by polling: each order is asked about at most this often.
@@ -151,6 +170,14 @@ def validate(settings: Settings) -> None:
         hook = urlsplit(settings.webhook_url)
         if hook.scheme not in ("http", "https") or not hook.hostname:
             raise ConfigurationError(f"webhook URL {settings.webhook_url!r} is not an http(s) URL")
+    if settings.budget is not None and not (
+        settings.budget == "process"
+        or settings.budget.startswith(("file:", "redis://", "rediss://", "unix://"))
+    ):
+        raise ConfigurationError(
+            "budget must be 'process', 'file:[DIR]' or a redis:// URL, not "
+            f"{settings.budget.split('://')[0]!r}..."
+        )
     for name, value in settings.options.items():
         problem = option_problem(name, value)
         if problem is not None:
@@ -183,5 +210,7 @@ def from_environment(environ: Mapping[str, str] | None = None, **overrides: Any)
         values["api_secret"] = env[ENV_API_SECRET]
     if env.get(ENV_STATE):
         values["state"] = env[ENV_STATE]
+    if env.get(ENV_BUDGET):
+        values["budget"] = env[ENV_BUDGET]
     values.update({k: v for k, v in overrides.items() if v is not None})
     return Settings(**values)

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from styldod_batch.download import OutputDownloader, open_download_session
-from styldod_batch.engine import RunAborted, Source, Uploader
+from styldod_batch.engine import Source, Uploader
+from styldod_batch.errors import RunAborted
 from styldod_batch.ledger import Ledger, open_ledger
 from styldod_batch.progress import ProgressShow
 from styldod_batch.report import Report, peak_rss_mb

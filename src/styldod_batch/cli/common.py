@@ -12,8 +12,12 @@ import orjson
 
 from styldod_batch import logs
 from styldod_batch.contract import OPTION_TYPES
-from styldod_batch.engine import RunAborted
-from styldod_batch.errors import AuthenticationError, ConfigurationError
+from styldod_batch.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    RunAborted,
+    ServiceUnreachable,
+)
 from styldod_batch.jobfile import load_job_file, merge_settings
 from styldod_batch.ledger import known_ledgers
 from styldod_batch.ledger import ledger_path as account_ledger_path
@@ -25,6 +29,7 @@ EXIT_OK = 0
 EXIT_FAILURES = 1
 EXIT_USAGE = 2
 EXIT_AUTH = 3
+EXIT_UNREACHABLE = 4
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell shows for `ls | head`
 
@@ -156,6 +161,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         reorder_changed=getattr(args, "reorder_changed", False) or None,
         follow_symlinks=getattr(args, "follow_symlinks", False) or None,
         lease_s=getattr(args, "lease", None),
+        budget=getattr(args, "budget", None),
     )
     job = getattr(args, "job", None)
     return from_environment(**(merge_settings(load_job_file(job), flags) if job else flags))
@@ -202,6 +208,9 @@ def finish(result: Report | RunAborted, *, as_json: bool) -> int:
     if report.interrupted:
         return EXIT_INTERRUPTED
     if aborted is not None:
+        if isinstance(aborted.cause, ServiceUnreachable):
+            print(f"styldod-batch: {aborted.cause}", file=sys.stderr)
+            return EXIT_UNREACHABLE
         print(f"styldod-batch: stopped: {aborted.cause}", file=sys.stderr)
         if isinstance(aborted.cause, AuthenticationError):
             print(

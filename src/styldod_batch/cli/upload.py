@@ -151,6 +151,14 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "it is reported, never silently ordered again)",
     )
     p.add_argument(
+        "--budget",
+        metavar="URL",
+        help="who shares the key's 20 requests/s: redis://HOST:PORT/DB (every machine), "
+        "file:[DIR] (every process of this machine), process (this one); default: the "
+        "processes that share the ledger's folder (also $STYLDOD_BUDGET_URL, which keeps a "
+        "Redis password off the command line)",
+    )
+    p.add_argument(
         "--lease",
         type=seconds,
         default=None,
