@@ -49,8 +49,13 @@ async def journal(tmp_path: Path) -> AsyncIterator[SQLiteLedger]:
 
 
 async def post(http: aiohttp.ClientSession, url: str, payload: dict[str, Any]) -> int:
-    async with http.post(url, json=payload) as answer:
-        return answer.status
+    """Deliver as the service does: a 503 (a receiver not ready yet) is delivered again."""
+    for _ in range(20):
+        async with http.post(url, json=payload) as answer:
+            if answer.status != 503:
+                return answer.status
+        await asyncio.sleep(0.25)
+    return 503
 
 
 def recorded_orders(path: Path) -> list[str]:

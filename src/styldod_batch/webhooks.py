@@ -125,8 +125,12 @@ class WebhookReceiver:
         header_timeout_s: float = HEADER_TIMEOUT_S,
         body_timeout_s: float = BODY_TIMEOUT_S,
         max_connections: int = MAX_CONNECTIONS,
+        hold_until_handled: bool = False,
     ) -> None:
         self.host = host
+        # Answer 503 (the service retries) while no ``on_event`` is set: an event is never
+        # acknowledged before there is somewhere to record it.
+        self.hold_until_handled = hold_until_handled
         self.port = port
         self.token = token or secrets.token_urlsafe(18)
         self.on_event = on_event
@@ -215,6 +219,12 @@ class WebhookReceiver:
             payload = parse_event(body)
         except MalformedEvent as exc:
             return web.json_response({"error": str(exc)}, status=400)
+        if self.on_event is None and self.hold_until_handled:
+            return web.json_response(
+                {"error": "not ready to record events yet"},
+                status=503,
+                headers={"Retry-After": "1"},
+            )
         self.deliveries += 1
         if self.on_event is not None:
             outcome = self.on_event(payload)

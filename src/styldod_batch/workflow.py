@@ -54,7 +54,10 @@ async def run_job(
     if follow.listen is None:
         return await _run_job(settings, paths, follow, None, progress=progress)
     host, port = follow.listen
-    async with WebhookReceiver(host, port, token=webhook_token(settings)) as receiver:
+    # It listens before the run is ready to record events: until then it answers 503, and
+    # the service delivers again (an acknowledged event is never lost).
+    receiver = WebhookReceiver(host, port, token=webhook_token(settings), hold_until_handled=True)
+    async with receiver:
         base = (follow.public_url or f"http://{host}:{receiver.port}").rstrip("/")
         settings = settings.with_changes(webhook_url=base + receiver.path)
         return await _run_job(settings, paths, follow, receiver, progress=progress)

@@ -128,6 +128,11 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="append every request (time, endpoint, status, headers that matter, "
         "bytes) to FILE as JSON lines",
     )
+    p.add_argument(
+        "--limit-storage",
+        action="store_true",
+        help="count storage PUTs in their key's --rps window too (over it: 429 SlowDown)",
+    )
     p.set_defaults(func=_run)
 
 
@@ -154,6 +159,7 @@ def _run(args: argparse.Namespace) -> int:
         required_version=args.require_version,
         order_step_s=args.order_step,
         log_path=args.log,
+        limit_storage_per_key=args.limit_storage,
         faults=Faults(
             api_5xx=args.fault_api_5xx,
             storage_5xx=args.fault_storage_5xx,

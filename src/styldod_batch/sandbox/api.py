@@ -303,6 +303,7 @@ class OrderAPI:
         )
         batch = uuid.uuid4().hex[:12]
         out = []
+        accepted: list[tuple[str, str, int, str]] = []
         for i, item in enumerate(files):
             param = f"files[{i}]"
             if not isinstance(item, dict):
@@ -336,12 +337,14 @@ class OrderAPI:
                     param + ".content_length",
                 )
             object_key = f"uploads/{batch}/{i}/{name.lstrip('/')}"
+            accepted.append((name, str(ctype), size, object_key))
+        for name, ctype, size, object_key in accepted:
+            upload_url = self.presigner.upload_url(object_key, ctype, ttl)
+            image_url = self.presigner.object_url(object_key)
             self.keys_by_object[object_key] = key
-            upload_url = self.presigner.upload_url(object_key, str(ctype), ttl)
             query = parse_qs(urlsplit(upload_url).query)
             self.revocations.issued(query["X-Amz-Date"][0], query["X-Amz-Signature"][0])
-            image_url = self.presigner.object_url(object_key)
-            self.uploads[image_url] = UploadSlot(object_key, size, str(ctype))
+            self.uploads[image_url] = UploadSlot(object_key, size, ctype)
             out.append(
                 {
                     "file_name": name,

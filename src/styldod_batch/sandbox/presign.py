@@ -1,4 +1,4 @@
-"""SigV4 pre-signing with botocore, and the bucket the sandbox stores uploads in."""
+"""Pre-signed URLs for the sandbox's bucket (``sigv4``), and creating that bucket (botocore)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import botocore.session
 from botocore.exceptions import ClientError
 
 from styldod_batch.sandbox.seaweed import S3Credentials
+from styldod_batch.sandbox.sigv4 import object_path, presign
 
 
 class Presigner:
@@ -25,31 +26,38 @@ class Presigner:
     ) -> None:
         self.bucket = bucket
         self.public_endpoint = public_endpoint.rstrip("/")
-        self._public = _client(credentials, public_endpoint)
+        self.direct_endpoint = direct_endpoint.rstrip("/")
+        self._credentials = credentials
         self._direct = _client(credentials, direct_endpoint)
 
-    def upload_url(self, key: str, content_type: str, ttl_s: int) -> str:
-        url: str = self._public.generate_presigned_url(
-            "put_object",
-            Params={"Bucket": self.bucket, "Key": key, "ContentType": content_type},
-            ExpiresIn=ttl_s,
+    def _sign(
+        self, method: str, endpoint: str, key: str, ttl_s: int, content_type: str | None = None
+    ) -> str:
+        c = self._credentials
+        return presign(
+            method,
+            endpoint,
+            self.bucket,
+            key,
+            access_key=c.access_key,
+            secret_key=c.secret_key,
+            region=c.region,
+            ttl_s=ttl_s,
+            content_type=content_type,
         )
-        return url
+
+    def upload_url(self, key: str, content_type: str, ttl_s: int) -> str:
+        return self._sign("PUT", self.public_endpoint, key, ttl_s, content_type)
 
     def object_url(self, key: str) -> str:
         """The unsigned URL that names an object (the order's ``image_url``)."""
-        url: str = self._public.generate_presigned_url(
-            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=1
-        )
-        return url.split("?", 1)[0]
+        return self.public_endpoint + object_path(self.bucket, key)
 
     def direct_url(self, method: str, key: str, ttl_s: int = 300) -> str:
         """A URL signed for the storage server itself, for the sandbox's own reads."""
-        operation = {"HEAD": "head_object", "GET": "get_object", "DELETE": "delete_object"}[method]
-        url: str = self._direct.generate_presigned_url(
-            operation, Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=ttl_s
-        )
-        return url
+        if method not in ("HEAD", "GET", "DELETE"):
+            raise ValueError(f"no direct URL for {method}")
+        return self._sign(method, self.direct_endpoint, key, ttl_s)
 
     async def create_bucket(self) -> None:
         """Create the bucket; one that exists already (ours) is fine."""

@@ -1,0 +1,166 @@
+"""Many workers, one key: a shared rate budget (Redis, or a file on one machine) and a shared
+ledger (PostgreSQL, or SQLite on one machine), as real processes against a sandbox that
+counts every request of the key, API calls and storage PUTs together."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from styldod_batch.ledger.location import key_fingerprint
+from styldod_batch.sandbox import Sandbox
+from styldod_batch.sandbox.pytest_plugin import SandboxFactory
+from tests.helpers import REPO, assert_each_file_in_one_order, assert_one_key_per_order, make_tree
+from tests.servers import PostgresServer, RedisServer
+from tests.test_shared_ledger import ELSEWHERE
+
+
+def key_window(box: Sandbox) -> int:
+    """The most requests of the sandbox's key in any one-second window, as the sandbox saw
+    them arrive: API calls and storage PUTs together."""
+    fingerprint = key_fingerprint_of(box)
+    times = sorted(
+        e.mono
+        for e in box.log.entries
+        if e.kind in ("api", "storage") and e.key_fingerprint == fingerprint
+    )
+    best = start = 0
+    for end, at in enumerate(times):
+        while at - times[start] >= 1.0:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+def key_fingerprint_of(box: Sandbox) -> str:
+    from styldod_batch.sandbox.gateway import key_fingerprint as sandbox_fingerprint
+
+    return sandbox_fingerprint(box.api_key)
+
+
+def start_worker(
+    box: Sandbox, paths: list[Path], *, state: str, budget: str | None, elsewhere: bool = False
+) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STYLDOD_")}
+    env.update(STYLDOD_API_KEY=box.api_key, STYLDOD_BASE_URL=box.base_url, STYLDOD_STATE=state)
+    if budget is not None:
+        env["STYLDOD_BUDGET_URL"] = budget
+    command = [sys.executable, "-m", "styldod_batch", "upload", *map(str, paths), "--json"]
+    return subprocess.Popen(
+        [*ELSEWHERE, *command] if elsewhere else command,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+async def wait_all(workers: list[subprocess.Popen[str]]) -> None:
+    for process in workers:
+        _out, err = await asyncio.to_thread(process.communicate, timeout=600)
+        assert process.returncode == 0, err
+
+
+async def stored_after(box: Sandbox, count: int) -> None:
+    for _ in range(1200):
+        if len(box.log.select(kind="storage", status=200)) >= count:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"fewer than {count} uploads after 60 s")
+
+
+@pytest.mark.slow
+async def test_four_workers_hold_the_keys_limit_together_and_order_each_image_once(
+    sandbox_factory: SandboxFactory,
+    redis_server: RedisServer,
+    postgres_server: PostgresServer,
+    tmp_path: Path,
+) -> None:
+    photos = tmp_path / "photos"
+    make_tree(photos, folders=20, files=50, size=2000)  # 1,000 files in 20 listings
+    listings = await asyncio.to_thread(lambda: sorted(p for p in photos.iterdir()))
+    box = await sandbox_factory(rps=20, limit_storage_per_key=True)
+    state = await postgres_server.create_database("four_workers")
+    inputs = [[photos], listings[:12], listings[8:], [listings[10]]]
+
+    # Two of them on "another host" (a host name and process table of their own).
+    workers = [
+        start_worker(box, paths, state=state, budget=redis_server.url, elsewhere=n >= 2)
+        for n, paths in enumerate(inputs)
+    ]
+    await wait_all(workers)
+
+    assert key_window(box) <= 20
+    assert box.log.select(status=429) == [], "no request was refused for the rate"
+    assert box.api is not None and len(box.api.orders) == 20
+    files = await asyncio.to_thread(lambda: sorted(photos.rglob("*.jpg")))
+    await assert_each_file_in_one_order(box, files)
+    assert_one_key_per_order(box)
+    # The key's budget lives in Redis under its fingerprint, never the key itself.
+    keys = await asyncio.to_thread(redis_keys, redis_server)
+    assert keys and all(box.api_key not in key for key in keys)
+    assert any(key_fingerprint(box.api_key) in key for key in keys)
+
+
+def redis_keys(server: RedisServer) -> list[str]:
+    import redis
+
+    client = redis.Redis.from_url(server.url)
+    try:
+        return [k.decode() if isinstance(k, bytes) else str(k) for k in client.keys("*")]
+    finally:
+        client.close()
+
+
+@pytest.mark.slow
+async def test_redis_then_postgres_restarted_mid_job(
+    sandbox_factory: SandboxFactory,
+    redis_server: RedisServer,
+    postgres_server: PostgresServer,
+    tmp_path: Path,
+) -> None:
+    photos = tmp_path / "photos"
+    make_tree(photos, folders=6, files=40, size=1000)
+    box = await sandbox_factory(rps=20, limit_storage_per_key=True)
+    state = await postgres_server.create_database("restarts")
+    workers = [start_worker(box, [photos], state=state, budget=redis_server.url) for _ in "ab"]
+
+    await stored_after(box, 40)
+    await redis_server.restart()
+    await stored_after(box, 120)
+    await postgres_server.restart()
+    await wait_all(workers)
+
+    assert key_window(box) <= 20
+    assert box.log.select(status=429) == []
+    assert box.api is not None and len(box.api.orders) == 6
+    files = await asyncio.to_thread(lambda: sorted(photos.rglob("*.jpg")))
+    await assert_each_file_in_one_order(box, files)
+    assert_one_key_per_order(box)
+
+
+@pytest.mark.slow
+async def test_one_machine_no_server_two_processes_share_ledger_and_budget(
+    sandbox_factory: SandboxFactory, tmp_path: Path
+) -> None:
+    photos = tmp_path / "photos"
+    make_tree(photos, folders=6, files=40, size=1000)
+    box = await sandbox_factory(rps=20, limit_storage_per_key=True)
+    state = str(tmp_path / "state")  # one SQLite ledger folder; its budget file beside it
+
+    await wait_all([start_worker(box, [photos], state=state, budget=None) for _ in "ab"])
+
+    assert key_window(box) <= 20
+    assert box.log.select(status=429) == []
+    assert box.api is not None and len(box.api.orders) == 6
+    files = await asyncio.to_thread(lambda: sorted(photos.rglob("*.jpg")))
+    await assert_each_file_in_one_order(box, files)
+    beside = await asyncio.to_thread(lambda: [p.suffix for p in Path(state).iterdir()])
+    assert ".budget" in beside and ".sqlite" in beside
