@@ -28,6 +28,7 @@ import orjson
 from tests.servers import PostgresServer, RedisServer
 
 from benchmarks.proc import clean_env
+from styldod_batch.sandbox.requestlog import most_in_window
 
 RESULTS = Path(__file__).parent / "results"
 RATE = 20
@@ -67,16 +68,6 @@ def start_sandbox(log: Path) -> tuple[subprocess.Popen[str], str]:
 
 def read_log(path: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
-
-
-def busiest_second(times: list[float]) -> int:
-    times = sorted(times)
-    best = start = 0
-    for end, at in enumerate(times):
-        while at - times[start] >= 1.0:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
 
 
 async def one_round(workers: int, job: Path, scratch: Path) -> dict[str, Any]:
@@ -125,7 +116,7 @@ async def one_round(workers: int, job: Path, scratch: Path) -> dict[str, Any]:
         "bound_s": round(bound, 2),
         "wall_over_bound": round(wall / bound, 3),
         "utilisation": round(requests / (wall * RATE), 3),
-        "busiest_second": busiest_second([e["mono"] for e in entries]),
+        "busiest_second": most_in_window([e["mono"] for e in entries]),
         "rate_limited": sum(1 for e in entries if e["status"] == 429),
     }
 

@@ -5,9 +5,7 @@ counts every request of the key, API calls and storage PUTs together."""
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,26 +13,23 @@ import pytest
 from styldod_batch.ledger.location import key_fingerprint
 from styldod_batch.sandbox import Sandbox
 from styldod_batch.sandbox.pytest_plugin import SandboxFactory
-from tests.helpers import REPO, assert_each_file_in_one_order, assert_one_key_per_order, make_tree
+from styldod_batch.sandbox.requestlog import most_in_window
+from tests.helpers import assert_each_file_in_one_order, assert_one_key_per_order, make_tree
 from tests.servers import PostgresServer, RedisServer
-from tests.test_shared_ledger import ELSEWHERE
+from tests.test_shared_ledger import worker
 
 
 def key_window(box: Sandbox) -> int:
     """The most requests of the sandbox's key in any one-second window, as the sandbox saw
     them arrive: API calls and storage PUTs together."""
     fingerprint = key_fingerprint_of(box)
-    times = sorted(
-        e.mono
-        for e in box.log.entries
-        if e.kind in ("api", "storage") and e.key_fingerprint == fingerprint
+    return most_in_window(
+        [
+            e.mono
+            for e in box.log.entries
+            if e.kind in ("api", "storage") and e.key_fingerprint == fingerprint
+        ]
     )
-    best = start = 0
-    for end, at in enumerate(times):
-        while at - times[start] >= 1.0:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
 
 
 def key_fingerprint_of(box: Sandbox) -> str:
@@ -46,20 +41,7 @@ def key_fingerprint_of(box: Sandbox) -> str:
 def start_worker(
     box: Sandbox, paths: list[Path], *, state: str, budget: str | None, elsewhere: bool = False
 ) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STYLDOD_")}
-    env.update(STYLDOD_API_KEY=box.api_key, STYLDOD_BASE_URL=box.base_url, STYLDOD_STATE=state)
-    if budget is not None:
-        env["STYLDOD_BUDGET_URL"] = budget
-    command = [sys.executable, "-m", "styldod_batch", "upload", *map(str, paths), "--json"]
-    return subprocess.Popen(
-        [*ELSEWHERE, *command] if elsewhere else command,
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    return worker(box, state, *paths, budget=budget, elsewhere=elsewhere)
 
 
 async def wait_all(workers: list[subprocess.Popen[str]]) -> None:

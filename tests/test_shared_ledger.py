@@ -30,10 +30,18 @@ ELSEWHERE = ["unshare", "--uts", "--pid", "--fork", "--kill-child", "sh", "-c",
 
 
 def worker(
-    box: Sandbox, state: str, *args: str | Path, elsewhere: bool = False
+    box: Sandbox,
+    state: str,
+    *args: str | Path,
+    budget: str | None = None,
+    elsewhere: bool = False,
 ) -> subprocess.Popen[str]:
+    """The runner as one worker of a job, on the ledger ``state`` (and the rate ``budget``);
+    ``elsewhere``: on a host of its own, as far as claims can tell."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("STYLDOD_")}
     env.update(STYLDOD_API_KEY=box.api_key, STYLDOD_BASE_URL=box.base_url, STYLDOD_STATE=state)
+    if budget is not None:
+        env["STYLDOD_BUDGET_URL"] = budget
     command = [sys.executable, "-m", "styldod_batch", "upload", *map(str, args), "--json"]
     return subprocess.Popen(
         [*ELSEWHERE, *command] if elsewhere else command,

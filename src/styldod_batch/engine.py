@@ -72,7 +72,7 @@ from styldod_batch.manifest import StagedManifest
 from styldod_batch.models import ImageItem, ImageResult, OrderResult, UploadTarget
 from styldod_batch.orders import Grouper, OrderPart, item_key, order_name, order_payload
 from styldod_batch.report import Report, peak_rss_mb
-from styldod_batch.rerun import Verdict, classify
+from styldod_batch.rerun import Verdict, already_ordered, classify, earlier_order
 from styldod_batch.retry import retrying
 from styldod_batch.scan import FolderScan, GroupEnd, ScanEvent, Skipped
 from styldod_batch.settings import Settings
@@ -744,8 +744,17 @@ class _Run:
             await self.planned.put((item, self._group(item)))
 
     def _remember(
-        self, state: _ListingRun, item: ImageItem, md5: str | None, url: str | None, kind: str
+        self,
+        state: _ListingRun,
+        item: ImageItem,
+        md5: str | None,
+        url: str | None,
+        kind: str,
+        *,
+        attempts: int = 0,
+        error: str | None = None,
     ) -> None:
+        """What the ledger knows of ``item`` from now on (its content, upload and state)."""
         self.ledger.record_image(
             state.listing_id,
             ImageRecord(
@@ -757,39 +766,18 @@ class _Run:
                 url,
                 kind,
             ),
+            attempts=attempts,
+            error=error,
         )
 
     async def _already_ordered(
         self, state: _ListingRun, item: ImageItem, order: OrderRecord | None
     ) -> None:
-        await self._image(
-            ImageResult(
-                item.path,
-                "ordered",
-                item.client_image_id,
-                group=item.group,
-                resumed=True,
-                order=order.name if order else None,
-            )
-        )
+        await self._image(already_ordered(item, order))
         if order is None or order.ref in state.reported or order.state == "sent":
             return  # an order being asked about again is reported when the answer comes
         state.reported.add(order.ref)
-        await self._order(
-            OrderResult(
-                order.name,
-                "created" if order.state == "created" else "failed",
-                order.images,
-                order_id=order.order_id,
-                order_status=order.status,
-                idempotency_key=order.idempotency_key,
-                error=order.error if order.state != "created" else None,
-                resumed=True,
-                listing=state.view.listing.name,
-                label=order.label,
-                follow_up=order.batch > 1,
-            )
-        )
+        await self._order(earlier_order(order, state.view.listing.name))
 
     def _group(self, item: ImageItem) -> OrderPart:
         part, closed = self.grouper.add(item)
@@ -888,17 +876,12 @@ class _Run:
             result = await self._upload(item, part, target)
             state = self.listings.get(item.listing)
             if state is not None:
-                self.ledger.record_image(
-                    state.listing_id,
-                    ImageRecord(
-                        item.client_image_id,
-                        _absolute(item.path),
-                        item.size,
-                        item.mtime_ns,
-                        result.md5,
-                        result.image_url,
-                        "uploaded" if result.status == "uploaded" else "failed",
-                    ),
+                self._remember(
+                    state,
+                    item,
+                    result.md5,
+                    result.image_url,
+                    "uploaded" if result.status == "uploaded" else "failed",
                     attempts=result.attempts,
                     error=result.error,
                 )

@@ -16,7 +16,7 @@ from styldod_batch.ledger import Ledger, Listing, ListingView
 from styldod_batch.models import ImageItem, ImageResult, OrderResult
 from styldod_batch.orders import Grouper, OrderPart, effective_options, order_name
 from styldod_batch.report import Report, peak_rss_mb
-from styldod_batch.rerun import Verdict, classify
+from styldod_batch.rerun import Verdict, already_ordered, classify, earlier_order
 from styldod_batch.scan import GroupEnd, ScanEvent, Skipped
 from styldod_batch.settings import Settings
 
@@ -105,32 +105,10 @@ class _Planner:
             return
         order = view.orders.get(record.order_ref) if record and record.order_ref else None
         if verdict is Verdict.ORDERED:
-            self._image(
-                ImageResult(
-                    item.path,
-                    "ordered",
-                    item.client_image_id,
-                    group=item.group,
-                    resumed=True,
-                    order=order.name if order else None,
-                )
-            )
+            self._image(already_ordered(item, order))
             if order is not None and order.ref not in self.reported_orders:
                 self.reported_orders.add(order.ref)
-                self._order(
-                    OrderResult(
-                        order.name,
-                        "created" if order.state == "created" else "failed",
-                        order.images,
-                        order_id=order.order_id,
-                        order_status=order.status or order.state,
-                        error=order.error,
-                        resumed=True,
-                        listing=item.group,
-                        label=order.label,
-                        follow_up=order.batch > 1,
-                    )
-                )
+                self._order(earlier_order(order, item.group))
             return
         if verdict in (Verdict.CHANGED, Verdict.LATE):
             self._image(

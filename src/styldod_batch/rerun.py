@@ -21,8 +21,8 @@ import enum
 import hashlib
 
 from styldod_batch.errors import InputError
-from styldod_batch.ledger import ImageRecord
-from styldod_batch.models import ImageItem
+from styldod_batch.ledger import ImageRecord, OrderRecord
+from styldod_batch.models import ImageItem, ImageResult, OrderResult
 
 _CHUNK = 1024 * 1024
 
@@ -73,3 +73,33 @@ async def classify(
     if listing_ordered_before and first_seen_after_ordering and not follow_ups:
         return Verdict.LATE, None
     return Verdict.UPLOAD, None
+
+
+def already_ordered(item: ImageItem, order: OrderRecord | None) -> ImageResult:
+    """The result of an image that a placed order holds already: nothing to send."""
+    return ImageResult(
+        item.path,
+        "ordered",
+        item.client_image_id,
+        group=item.group,
+        resumed=True,
+        order=order.name if order else None,
+    )
+
+
+def earlier_order(order: OrderRecord, listing: str) -> OrderResult:
+    """How an order placed by an earlier run is reported (nothing is sent for it)."""
+    created = order.state == "created"
+    return OrderResult(
+        order.name,
+        "created" if created else "failed",
+        order.images,
+        order_id=order.order_id,
+        order_status=order.status,
+        idempotency_key=order.idempotency_key,
+        error=None if created else order.error,
+        resumed=True,
+        listing=listing,
+        label=order.label,
+        follow_up=order.batch > 1,
+    )

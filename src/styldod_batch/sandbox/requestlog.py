@@ -90,10 +90,15 @@ class RequestLog:
         """The most arrivals of ``kind`` (one, or several together) seen in any sliding window
         of ``window_s`` seconds."""
         kinds = (kind,) if isinstance(kind, str) else kind
-        times = sorted(e.mono for e in self.entries if e.kind in kinds)
-        best = start = 0
-        for end, t in enumerate(times):
-            while t - times[start] >= window_s:
-                start += 1
-            best = max(best, end - start + 1)
-        return best
+        return most_in_window([e.mono for e in self.entries if e.kind in kinds], window_s)
+
+
+def most_in_window(times: list[float], window_s: float = 1.0) -> int:
+    """The most of ``times`` that fall in any sliding window of ``window_s`` seconds."""
+    times = sorted(times)
+    best = start = 0
+    for end, t in enumerate(times):
+        while t - times[start] >= window_s:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
