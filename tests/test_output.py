@@ -152,7 +152,8 @@ async def test_a_json_log_is_one_object_per_line(
 ) -> None:
     make_tree(tmp_path / "photos", folders=2, files=3, size=300)
     (tmp_path / "photos" / "listing-01" / "empty.jpg").write_bytes(b"")
-    box = await sandbox_factory(rps=1000)
+    # Half the PUTs answered 503: retried, and each retry logged.
+    box = await sandbox_factory(rps=1000, faults=Faults(storage_5xx=0.5))
 
     completed = await asyncio.to_thread(
         run_cli,
@@ -170,7 +171,9 @@ async def test_a_json_log_is_one_object_per_line(
     assert records, completed.stderr
     assert all({"level", "event", "time"} <= set(r) for r in records)
     events = {r["event"] for r in records}
-    assert {"order", "file_failed"} <= events
+    assert {"order", "file_failed", "retry"} <= events
+    retry = next(r for r in records if r["event"] == "retry")
+    assert retry["reason"] and retry["wait_s"] >= 0 and retry["attempt"] >= 2
     (failed,) = [r for r in records if r["event"] == "file_failed"]
     assert failed["level"] == "warning" and failed["path"].endswith("empty.jpg")
     assert json_report(completed)["images"]["failed"] == 1

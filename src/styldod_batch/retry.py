@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from styldod_batch.budget import SYSTEM_CLOCK, Budget, Clock
 from styldod_batch.errors import is_rate_limited, is_retryable, server_wait_s
+from styldod_batch.logs import event as log_event
 from styldod_batch.settings import RetryPolicy
 
 T = TypeVar("T")
@@ -64,6 +66,16 @@ async def retrying(
             pending = max(delay, budget.pause_remaining_s() if budget is not None else 0.0)
             if clock.now() - started + pending > policy.max_elapsed_s:
                 raise
+            rate_limited = is_rate_limited(exc)
+            log_event(
+                logging.INFO,
+                "rate_limited" if rate_limited else "retry",
+                f"{'429, pausing' if rate_limited else 'retrying'} after {exc} "
+                f"(attempt {attempt + 1} in {pending:.2f} s)",
+                reason=str(exc),
+                attempt=attempt + 1,
+                wait_s=round(pending, 3),
+            )
             if on_retry is not None:
                 on_retry(exc)
             if delay:
