@@ -1,7 +1,7 @@
 """Many workers, one key: 1, 2 and 4 worker processes on one job at 20 requests/s, sharing a
 Redis rate budget and a PostgreSQL ledger.
 
-    python -m benchmarks.workers [--files 400] [--counts 1,2,4]
+    python -m benchmarks.workers [--files 1000] [--counts 1,2,4]
 
 Every worker is given the whole tree; the ledger's claims split the listings between them.
 The sandbox (its own process) counts every request of the key, API calls and storage PUTs
@@ -154,7 +154,7 @@ async def main_async(files: int, counts: list[int]) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--files", type=int, default=400)
+    parser.add_argument("--files", type=int, default=1000)
     parser.add_argument("--counts", default="1,2,4")
     args = parser.parse_args()
     counts = [int(n) for n in args.counts.split(",")]
