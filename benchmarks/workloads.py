@@ -253,11 +253,16 @@ class Runner:
     ) -> None:
         """What the sandbox saw: stored PUTs by file name, bytes, 429s, requests, windows."""
         traffic = [e for e in entries if e.get("kind") in ("api", "storage")]
+        expected_sizes = workload.fileset.sizes()
         stored: dict[str, int] = {}
         for entry in traffic:
             if entry["kind"] == "storage" and entry["method"] == "PUT" and entry["status"] < 300:
-                # /<bucket>/uploads/<batch>/<index>/<file_name as sent>
+                # /<bucket>/uploads/<batch>/<index>/<file_name as sent>, which the engine
+                # makes <listing folder>/<file name>: a file at the top of the tree is named
+                # after the tree's own folder, which the file set does not name.
                 name = entry["path"].split("/", 5)[-1]
+                if name not in expected_sizes and "/" in name:
+                    name = name.split("/", 1)[1]
                 stored[name] = entry["bytes_in"]
         problems += _compare(stored, workload.fileset)
         record.files = sum(1 for name in stored if name in workload.fileset.sizes())

@@ -139,7 +139,8 @@ class OrderAPIClient:
     async def upload_urls(self, items: list[ImageItem]) -> list[UploadTarget]:
         files = [
             {
-                "file_name": item.relative,
+                # A label for the stored object: its listing, then its name there.
+                "file_name": f"{item.group}/{item.relative}",
                 "content_type": item.content_type,
                 "content_length": item.size,
             }

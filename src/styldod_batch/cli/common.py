@@ -19,7 +19,7 @@ from styldod_batch.errors import (
     ServiceUnreachable,
 )
 from styldod_batch.jobfile import load_job_file, merge_settings
-from styldod_batch.ledger import known_ledgers
+from styldod_batch.ledger import is_postgres_url, known_ledgers
 from styldod_batch.ledger import ledger_path as account_ledger_path
 from styldod_batch.options import option_problem
 from styldod_batch.report import Report
@@ -175,6 +175,13 @@ def existing_ledger(args: argparse.Namespace) -> Settings:
         base_url=getattr(args, "base_url", None),
         api_key=getattr(args, "api_key", None),
     )
+    if is_postgres_url(settings.state):
+        if not settings.api_key:
+            raise ConfigurationError(
+                "a PostgreSQL ledger holds many accounts: set STYLDOD_API_KEY (and "
+                "STYLDOD_BASE_URL) to pick one"
+            )
+        return settings
     if settings.api_key:
         path = account_ledger_path(settings)
         if not path.exists():

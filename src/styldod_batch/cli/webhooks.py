@@ -11,8 +11,9 @@ from styldod_batch.cli.common import (
     EXIT_OK,
     host_port,
 )
-from styldod_batch.ledger import SQLiteLedger
+from styldod_batch.ledger import Ledger, SQLiteLedger, is_postgres_url, open_ledger
 from styldod_batch.runtime import run_async
+from styldod_batch.settings import from_environment
 from styldod_batch.webhooks import WebhookReceiver
 
 
@@ -36,10 +37,10 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--state",
         "--journal",
         dest="state",
-        type=Path,
         required=True,
-        metavar="FILE",
-        help="the ledger file to record events in (--journal is another name for it)",
+        metavar="FILE|URL",
+        help="the ledger to record events in: a file, or a postgresql:// URL (with "
+        "STYLDOD_API_KEY naming the account); --journal is another name for it",
     )
     serve.add_argument("--token", help="the secret path token (default: a new random one)")
     serve.set_defaults(func=_serve)
@@ -47,8 +48,12 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _serve(args: argparse.Namespace) -> int:
     async def serve() -> None:
-        # The receiver needs no key: it records into whichever account's ledger it is given.
-        ledger = await SQLiteLedger.open(args.state, base_url="", api_key=None, force=True)
+        if is_postgres_url(str(args.state)):  # many accounts in one: the key picks one
+            ledger: Ledger = await open_ledger(from_environment(state=str(args.state)))
+        else:  # the receiver needs no key: it records into the ledger it is given
+            ledger = await SQLiteLedger.open(
+                Path(args.state), base_url="", api_key=None, force=True
+            )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
