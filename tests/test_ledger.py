@@ -253,13 +253,19 @@ async def test_two_processes_on_one_job_order_each_listing_once(
 ) -> None:
     photos = tmp_path / "photos"
     make_tree(photos, folders=6, files=8, size=400)
+    for listing in ("listing-02", "listing-05"):
+        (photos / listing / "notes.txt").write_text("not an image")
     box = await sandbox_factory(rps=1000)
     state = tmp_path / "state"
 
     processes = [start(box, photos, state=state) for _ in range(2)]
     for process in processes:
-        _out, err = await asyncio.to_thread(process.communicate, timeout=240)
+        out, err = await asyncio.to_thread(process.communicate, timeout=240)
         assert process.returncode == 0, err
+        # Each saw the whole tree once: a listing it waited for is not counted twice.
+        images = orjson.loads(out)["images"]
+        assert (images["total"], images["skipped"]) == (50, 2), images
+        assert images["uploaded"] + images["already_done"] == 48
 
     assert len(order_names(box)) == 6
     await assert_each_file_in_one_order(box, files_of(photos))

@@ -588,19 +588,22 @@ class _Run:
             # Listings another run held: wait for each to be let go, then take what is left.
             while self.deferred and not stopping.is_set():
                 listing = self.deferred.pop(0)
+                holder = self.held.pop(listing, "another run")
                 log_event(
                     logging.INFO,
                     "listing_waiting",
-                    f"{_listing_name(listing)}: waiting for {self.held.get(listing)} to finish it",
+                    f"{_listing_name(listing)}: waiting for {holder} to finish it",
                     listing=listing,
+                    holder=holder,
                 )
-                self.held.pop(listing, None)
                 if await self._wait_for(listing) is None:
                     break
-                async for event in feed.relist(listing):  # counted when first met
+                async for event in feed.relist(listing):
                     if stopping.is_set():
                         break
-                    await self._take(event, feed)
+                    # Its files that failed or were skipped were reported when first met.
+                    if isinstance(event, ImageItem | GroupEnd):
+                        await self._take(event, feed)
             self._end_all()
         for _ in range(PRESIGN_WORKERS):
             await self.planned.put(_DONE)
@@ -617,7 +620,6 @@ class _Run:
                     return
             await self._route(event, state)
         elif isinstance(event, GroupEnd):
-            self.held.pop(event.group, None)
             ending = self.listings.get(event.group)
             if ending is not None:
                 ending.ended = True
