@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import styldod_batch
-from styldod_batch import Settings, Uploader
+from styldod_batch import Settings, Uploader, engine
 from styldod_batch.engine import STREAM_QUEUE
 from styldod_batch.errors import ConfigurationError, StyldodError
 from styldod_batch.models import ImageResult, OrderResult
@@ -117,6 +117,30 @@ async def test_a_stream_nobody_reads_holds_the_run_back(
 
     assert 1 + sum(isinstance(r, ImageResult) for r in rest) == 3000
     assert isinstance(first, ImageResult | OrderResult)
+
+
+async def test_a_part_settled_while_its_uploads_wait_on_the_reader_is_ordered_once(
+    sandbox_factory: SandboxFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A queue of one: the listing's uploads finish, record their results and then all wait
+    # on the reader; when it comes back, each of them finds the part settled.
+    monkeypatch.setattr(engine, "STREAM_QUEUE", 1)
+    make_tree(tmp_path / "photos", folders=1, files=8, size=10)
+    box = await sandbox_factory(rps=100000)
+    settings = Settings(base_url=box.base_url, api_key=box.api_key, rps=100000, upload_rps=0)
+    async with Uploader(settings) as up:
+        results = up.stream([tmp_path / "photos"])
+        first = await anext(results)
+        for _ in range(50):  # until every upload has finished and waits on the reader
+            await asyncio.sleep(0.05)
+            if len(box.log.select(kind="storage")) == 8:
+                break
+        await asyncio.sleep(0.2)
+        rest = [first, *[result async for result in results]]
+
+    orders = [r for r in rest if isinstance(r, OrderResult)]
+    assert [(o.status, o.images, o.error) for o in orders] == [("created", 8, None)]
+    assert box.api is not None and len(box.api.orders) == 1
 
 
 async def test_a_bare_string_is_refused_not_walked_letter_by_letter(tmp_path: Path) -> None:

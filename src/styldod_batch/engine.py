@@ -988,8 +988,11 @@ class _Run:
             self._place(part)
 
     def _place(self, part: OrderPart) -> None:
-        if self.up.stopping.is_set():
-            return  # a re-run places it: its uploads are in the ledger
+        # Several of a part's last uploads can find it settled: each waited on a slow reader
+        # of ``stream()`` after recording its result. Only the first places it.
+        if part.placed or self.up.stopping.is_set():
+            return  # (when stopping, a re-run places it: its uploads are in the ledger)
+        part.placed = True
         assert self.group is not None
         self.group.create_task(self._create_order(part), name=f"order {part.base_name}")
 

@@ -48,6 +48,7 @@ class OrderPart:
     results: dict[ItemKey, ImageResult] = field(default_factory=dict)
     closed: bool = False
     split: bool = False
+    placed: bool = False  # handed to the order stage (exactly once)
 
     @property
     def settled(self) -> bool:

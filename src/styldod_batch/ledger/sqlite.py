@@ -529,9 +529,7 @@ class SQLiteLedger(Ledger):
                         ],
                     )
                 except sqlite3.IntegrityError as exc:
-                    raise ClaimLost(
-                        f"order {draft.name}: an image of it is already in a live order ({exc})"
-                    ) from None
+                    raise ClaimLost(f"an image of it is already in a live order ({exc})") from None
                 c.executemany(
                     "UPDATE images SET state = 'ordered', updated_at = ?"
                     " WHERE listing_id = ? AND client_image_id = ?",
