@@ -46,6 +46,11 @@ from styldod_batch.status import status_rank
 
 T = TypeVar("T")
 
+# asyncpg reports a lost pool connection with a traceback through its own logger; the
+# outage is ours to report (once, as a warning), so its records go nowhere unless the
+# program that imports us configures logging.
+logging.getLogger("asyncpg").addHandler(logging.NullHandler())
+
 SCHEMA_VERSION = 1
 BATCH_ROWS = 512
 BATCH_SECONDS = 0.05
@@ -210,24 +215,40 @@ class PostgresLedger(Ledger):
 
     async def _with(self, work: Callable[[Any], Awaitable[T]]) -> T:
         """Run ``work`` on a pooled connection; while the server is away, wait and retry
-        (fail closed: whatever waits on this sends nothing meanwhile)."""
+        (fail closed: whatever waits on this sends nothing meanwhile). A connection that
+        failed is thrown away, never handed out again."""
         import asyncpg
 
+        # What a server going away looks like to a client: refused or reset connections,
+        # sessions ended by a shutdown, a server still starting, a protocol left mid-way.
+        away = (
+            OSError,
+            asyncpg.PostgresConnectionError,
+            asyncpg.InterfaceError,
+            asyncpg.exceptions.OperatorInterventionError,
+            asyncpg.exceptions.InternalClientError,
+        )
         delay = 0.1
         while True:
+            connection = None
             try:
-                async with self._pool.acquire() as connection:
-                    return await work(connection)
-            except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+                connection = await self._pool.acquire()
+                return await work(connection)
+            except away as exc:
+                if connection is not None:
+                    with contextlib.suppress(Exception):  # it may be gone already
+                        connection.terminate()
                 log_event(
                     logging.WARNING,
                     "ledger_unreachable",
-                    f"the ledger's PostgreSQL at {self.location} is away ({exc}); "
-                    f"trying again in {delay:.1f} s",
+                    f"the ledger's PostgreSQL at {self.location} is away "
+                    f"({type(exc).__name__}); trying again in {delay:.1f} s",
                     location=self.location,
                 )
-            except asyncpg.exceptions.CannotConnectNowError:
-                pass  # the server is starting up
+            finally:
+                if connection is not None:
+                    with contextlib.suppress(Exception):
+                        await self._pool.release(connection)
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(MAX_BACKOFF_S, delay * 2)
 
@@ -463,9 +484,7 @@ class PostgresLedger(Ledger):
                         ],
                     )
                 except asyncpg.UniqueViolationError as exc:
-                    raise ClaimLost(
-                        f"order {draft.name}: an image of it is already in a live order ({exc})"
-                    ) from None
+                    raise ClaimLost(f"an image of it is already in a live order ({exc})") from None
                 await c.executemany(
                     "UPDATE styldod_images SET state = 'ordered', updated_at = $1"
                     " WHERE listing_id = $2 AND client_image_id = $3",
