@@ -65,6 +65,7 @@ from typing import TYPE_CHECKING, NamedTuple, Self
 
 import orjson
 
+from styldod_batch.budget import WINDOW_MARGIN_S
 from styldod_batch.errors import ConfigurationError
 
 if TYPE_CHECKING:  # aiohttp only for the middleware's types: the upload path never loads it
@@ -295,7 +296,7 @@ class SharedBudget(abc.ABC):
         rate: float,
         *,
         window_s: float = 1.0,
-        margin_s: float = 0.015,
+        margin_s: float = WINDOW_MARGIN_S,
         recovery_s: float = 10.0,
         tolerance_s: float | None = None,
         cold_pause: bool = True,
@@ -599,7 +600,7 @@ class FileBudget(SharedBudget):
         rate: float,
         *,
         window_s: float = 1.0,
-        margin_s: float = 0.015,
+        margin_s: float = WINDOW_MARGIN_S,
         recovery_s: float = 10.0,
         tolerance_s: float | None = None,
         name: str = "budget",
@@ -628,7 +629,7 @@ class FileBudget(SharedBudget):
         *,
         name: str = "api",
         folder: str | os.PathLike[str] | None = None,
-        margin_s: float = 0.015,
+        margin_s: float = WINDOW_MARGIN_S,
     ) -> FileBudget:
         """The budget file of one key and service, in ``folder`` (default: a private folder
         under ``$XDG_RUNTIME_DIR`` or ``~/.cache``); named by fingerprint, never by the key."""

@@ -56,6 +56,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from styldod_batch.budget import WINDOW_MARGIN_S
 from styldod_batch.budget_file import Reply, SharedBudget, budget_scope
 from styldod_batch.errors import ConfigurationError
 
@@ -235,7 +236,7 @@ class RedisBudget(SharedBudget):
         name: str = "api",
         key_prefix: str = DEFAULT_KEY_PREFIX,
         window_s: float = 1.0,
-        margin_s: float = 0.015,
+        margin_s: float = WINDOW_MARGIN_S,
         recovery_s: float = 10.0,
         tolerance_s: float | None = None,
         timeout_s: float = 2.0,

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from styldod_batch.budget import WINDOW_MARGIN_S
 from styldod_batch.contract import DEFAULT_CONTRACT, Contract
 from styldod_batch.errors import ConfigurationError
 from styldod_batch.options import option_problem
@@ -70,7 +71,7 @@ class Settings:
     # None: storage PUTs share the API's budget. 0: unlimited. R: a budget of their own.
     upload_rps: float | None = None
     # Safety margin added to the one-second window, for delivery jitter on the way.
-    window_margin_s: float = 0.015
+    window_margin_s: float = WINDOW_MARGIN_S
     concurrency: int = 16
     order_by: OrderBy = "folder"
     order_size: int = 100
