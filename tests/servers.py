@@ -94,8 +94,11 @@ class _ChildServer:
         if self.running:
             return
         uid, gid = self._uid, self._gid
+        # Forking this (large) process and probing the port happen in threads: the sandbox
+        # serves from this event loop, and its arrival times must not wait for a restart.
         with self.log_path.open("ab") as log:
-            self._process = subprocess.Popen(  # noqa: ASYNC220 (returns at once)
+            self._process = await asyncio.to_thread(
+                subprocess.Popen,
                 self._args(),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -105,7 +108,7 @@ class _ChildServer:
                 preexec_fn=lambda: _child_setup(uid, gid),
             )
         deadline = time.monotonic() + READY_TIMEOUT_S
-        while not self._ready():
+        while not await asyncio.to_thread(self._ready):
             if self._process.poll() is not None:
                 code = self._process.returncode
                 self._process = None
