@@ -18,6 +18,7 @@ from styldod_batch.cli.common import (
 )
 from styldod_batch.cli.parser import Parser
 from styldod_batch.errors import ConfigurationError
+from styldod_batch.runtime import steady_heap
 from styldod_batch.version import __version__
 
 
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    steady_heap()
     try:
         code: int = args.func(args)
         sys.stdout.flush()

@@ -7,11 +7,13 @@ Enable with ``pytest_plugins = ["styldod_batch.sandbox.pytest_plugin"]`` in a co
 from __future__ import annotations
 
 import contextlib
+import gc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest_asyncio
 
+from styldod_batch.runtime import steady_heap
 from styldod_batch.sandbox.config import SandboxConfig
 from styldod_batch.sandbox.seaweed import SeaweedS3
 from styldod_batch.sandbox.server import Sandbox
@@ -30,13 +32,20 @@ async def seaweed() -> AsyncIterator[SeaweedS3]:
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def sandbox_factory(seaweed: SeaweedS3) -> AsyncIterator[SandboxFactory]:
-    async with contextlib.AsyncExitStack() as stack:
+    # While sandboxes serve, the test process's heap stays out of full collections (see
+    # runtime.steady_heap): a pause there would stamp a request's arrival late.
+    steady_heap()
+    stack = contextlib.AsyncExitStack()
+    try:
+        async with stack:
 
-        async def make(**overrides: Any) -> Sandbox:
-            config = SandboxConfig(**{**FAST, **overrides})
-            return await stack.enter_async_context(Sandbox(config, storage=seaweed))
+            async def make(**overrides: Any) -> Sandbox:
+                config = SandboxConfig(**{**FAST, **overrides})
+                return await stack.enter_async_context(Sandbox(config, storage=seaweed))
 
-        yield make
+            yield make
+    finally:
+        gc.unfreeze()
 
 
 @pytest_asyncio.fixture(loop_scope="session")
