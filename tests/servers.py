@@ -3,7 +3,7 @@ worker process of the shared-budget tests.
 
 Like the sandbox's SeaweedFS: each server gets free loopback ports and one temporary folder
 (its data, socket and log), starts in a session of its own, is killed with SIGKILL if the
-test process dies however it dies (PR_SET_PDEATHSIG), and is reaped and its folder removed on
+test process dies however it dies (``setpriv --pdeathsig``), and is reaped and its folder removed on
 ``close()``. ``stop()``, ``start()`` and ``restart()`` keep the port and the folder, so
 clients holding the URL see the same server go away and come back, as a real outage.
 
@@ -32,7 +32,6 @@ from typing import Any
 
 import orjson
 
-PR_SET_PDEATHSIG = 1
 IPC_RMID = 0
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
@@ -43,15 +42,16 @@ class ServerError(RuntimeError):
     """A test server is missing, or did not start."""
 
 
-def _child_setup(uid: int | None, gid: int | None) -> None:
-    """In the child before exec: drop to ``uid`` if asked, then ask for SIGKILL when the test
-    process dies. The order matters: changing credentials clears the death signal."""
+def _as_child(args: list[str], uid: int | None, gid: int | None) -> list[str]:
+    """``args`` under ``setpriv``: SIGKILL when the test process dies, and the server's own
+    user when asked. A wrapper, not a ``preexec_fn``: without one Python starts the child
+    with vfork, where a fork of this large test process would stall the event loop the
+    sandbox serves from (its page tables copied, then a copy-on-write fault on each page it
+    writes: ~50 ms late arrival stamps were seen right after a Redis restart)."""
+    prefix = ["setpriv", "--pdeathsig", "KILL"]
     if uid is not None and gid is not None:
-        os.setgroups([])
-        os.setgid(gid)
-        os.setuid(uid)
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        prefix += ["--reuid", str(uid), "--regid", str(gid), "--clear-groups"]
+    return [*prefix, *args]
 
 
 class _ChildServer:
@@ -93,21 +93,18 @@ class _ChildServer:
         """Start on the same port and folder; returns once the server answers."""
         if self.running:
             return
-        uid, gid = self._uid, self._gid
-        # Forking this (large) process and probing the port happen in threads: the sandbox
-        # serves from this event loop, and its arrival times must not wait for a restart.
         with self.log_path.open("ab") as log:
-            self._process = await asyncio.to_thread(
-                subprocess.Popen,
-                self._args(),
+            # From this thread: the death signal follows the thread that started the child.
+            self._process = subprocess.Popen(  # noqa: ASYNC220 (vfork: returns at once)
+                _as_child(self._args(), self._uid, self._gid),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.root,
                 start_new_session=True,
-                preexec_fn=lambda: _child_setup(uid, gid),
             )
         deadline = time.monotonic() + READY_TIMEOUT_S
+        # Probed in a thread: a server still loading may hold a probe for its timeout.
         while not await asyncio.to_thread(self._ready):
             if self._process.poll() is not None:
                 code = self._process.returncode
@@ -350,15 +347,13 @@ class PostgresServer(_ChildServer):
         return self.url_for(name)
 
     async def _run(self, *args: str) -> None:
-        uid, gid = self._uid, self._gid
         process = await asyncio.create_subprocess_exec(
-            *args,
+            *_as_child(list(args), self._uid, self._gid),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             cwd=self.root,
             env={**os.environ, "LC_ALL": "C"},
-            preexec_fn=lambda: _child_setup(uid, gid),
         )
         output, _ = await process.communicate()
         if process.returncode != 0:

@@ -48,7 +48,7 @@ from styldod_batch.budget_file import (
 )
 from styldod_batch.errors import ConfigurationError
 from tests.helpers import REPO
-from tests.servers import _child_setup
+from tests.servers import _as_child
 
 RATE = 20
 MARGIN_S = 0.05  # of the budgets the worker processes share (see spec_for)
@@ -423,15 +423,17 @@ class Workers:
 
     async def start(self, specs: list[dict[str, Any]]) -> None:
         for spec in specs:
-            process = await asyncio.create_subprocess_exec(
+            command = [
                 sys.executable,
                 "-c",
                 "from tests.servers import budget_worker_main; budget_worker_main()",
                 orjson.dumps(spec).decode(),
+            ]
+            process = await asyncio.create_subprocess_exec(
+                *_as_child(command, None, None),
                 cwd=REPO,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
-                preexec_fn=lambda: _child_setup(None, None),
             )
             self.processes.append(process)
         for process in self.processes:
