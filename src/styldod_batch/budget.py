@@ -201,7 +201,7 @@ class BudgetMiddleware:
 
     __slots__ = ("budget", "low_priority")
 
-    def __init__(self, budget: RateBudget, *, low_priority: bool = False) -> None:
+    def __init__(self, budget: Budget, *, low_priority: bool = False) -> None:
         self.budget = budget
         self.low_priority = low_priority
 

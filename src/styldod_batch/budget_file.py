@@ -65,11 +65,11 @@ from typing import TYPE_CHECKING, NamedTuple, Self
 
 import orjson
 
-from styldod_batch.budget import WINDOW_MARGIN_S
+from styldod_batch.budget import WINDOW_MARGIN_S, BudgetMiddleware
 from styldod_batch.errors import ConfigurationError
 
 if TYPE_CHECKING:  # aiohttp only for the middleware's types: the upload path never loads it
-    from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
+    pass
 
 log = logging.getLogger("styldod_batch.budget")
 
@@ -452,8 +452,8 @@ class SharedBudget(abc.ABC):
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
-    def middleware(self, *, low_priority: bool = False) -> SharedBudgetMiddleware:
-        return SharedBudgetMiddleware(self, low_priority=low_priority)
+    def middleware(self, *, low_priority: bool = False) -> BudgetMiddleware:
+        return BudgetMiddleware(self, low_priority=low_priority)
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -554,20 +554,6 @@ class SharedBudget(abc.ABC):
     def describe(self) -> str:
         """The coordinator, for messages (never a password or a key)."""
         return type(self).__name__
-
-
-class SharedBudgetMiddleware:
-    """aiohttp client middleware: every attempt on the wire first takes a grant."""
-
-    __slots__ = ("budget", "low_priority")
-
-    def __init__(self, budget: SharedBudget, *, low_priority: bool = False) -> None:
-        self.budget = budget
-        self.low_priority = low_priority
-
-    async def __call__(self, request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
-        await self.budget.acquire(low_priority=self.low_priority)
-        return await handler(request)
 
 
 def _boot_id() -> str:

@@ -56,6 +56,23 @@ class ImageRecord:
     ordered_md5: str | None = None
     order_ref: int | None = None
 
+    def row(self, listing_id: int, attempts: int, error: str | None, now: float) -> tuple[Any, ...]:
+        """Its columns as both ledgers write them: listing_id, client_image_id, path, size,
+        mtime_ns, md5, image_url, state, attempts, error, updated_at."""
+        return (
+            listing_id,
+            self.client_image_id,
+            self.path,
+            self.size,
+            self.mtime_ns,
+            self.md5,
+            self.image_url,
+            self.state,
+            attempts,
+            error,
+            now,
+        )
+
 
 @dataclass(slots=True)
 class OrderRecord:

@@ -432,19 +432,7 @@ class SQLiteLedger(Ledger):
     def record_image(
         self, listing_id: int, image: ImageRecord, *, attempts: int = 0, error: str | None = None
     ) -> None:
-        args = (
-            listing_id,
-            image.client_image_id,
-            image.path,
-            image.size,
-            image.mtime_ns,
-            image.md5,
-            image.image_url,
-            image.state,
-            attempts,
-            error,
-            time.time(),
-        )
+        args = image.row(listing_id, attempts, error, time.time())
 
         def work(c: sqlite3.Connection) -> None:
             c.execute(
