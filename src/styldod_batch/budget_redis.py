@@ -29,13 +29,9 @@ What the ``redis`` package guarantees, and what it does not, for this promise:
   budget stricter); and while Redis does not answer nothing is granted (fail closed).
 * Redis promises nothing about keeping data: a restart without persistence, a failover to
   a replica that lags, or an eviction loses the recent grants. The script keeps the server's
-  ``run_id`` in the state: when the state was written by another server, or is missing on
-  a server up for less than 2 s, it waits one window before granting, since whatever was
-  granted just before is unknown. A key with no state on a server up longer (its first use,
-  or the first after a day idle) starts at once: anything granted before that server
-  started is older than the window. What this cannot see is a state lost while in use on a
-  long-running server (evicted, or a failover to a replica that never received it): the
-  cost is then a 429, which pauses and slows every worker.
+  ``run_id`` in the state: when the state is missing or was written by another server, it
+  waits one window before granting, since whatever was granted just before is unknown.
+  (The first use of a key in a day pays that second too.)
 * Keys carry a hash tag (``{...}``), so the script's three keys share one Redis Cluster slot.
 
 Keys are named by the service's base URL (hashed) and the API key's fingerprint, never by
@@ -85,9 +81,7 @@ local function n(x) return string.format('%.0f', x) end
 
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-local info = redis.call('INFO', 'server')
-local boot = string.match(info, 'run_id:(%w+)')
-local uptime = tonumber(string.match(info, 'uptime_in_seconds:(%d+)')) or 0
+local boot = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
 
 local s = redis.call('HMGET', state, 'boot', 'epoch', 'last', 'paused', 'slowed', 'slowed_at',
                      'limited')
@@ -95,13 +89,9 @@ local epoch, last, paused = tonumber(s[2]) or 0, tonumber(s[3]) or 0, tonumber(s
 local slowed, slowed_at = tonumber(s[5]) or 0, tonumber(s[6]) or 0
 local limited = tonumber(s[7]) or 0
 if s[1] ~= boot then
-  -- Unknown or lost state: whatever was granted just before is unknown, so wait. Not for a
-  -- key with no trace here on a server up 2 s or more (whole seconds): whatever another
-  -- server granted before this one started is older than the window.
-  local fresh = not s[1] and redis.call('EXISTS', grants) == 0 and uptime >= 2
+  -- Unknown or lost state: whatever was granted just before is unknown, so wait.
   redis.call('DEL', grants, normal)
-  epoch, last, slowed, slowed_at = now, 0, 0, 0
-  paused = fresh and 0 or now + cold_pause
+  epoch, last, paused, slowed, slowed_at = now, 0, now + cold_pause, 0, 0
 end
 redis.call('ZREMRANGEBYSCORE', grants, '-inf', n(now - window))
 redis.call('ZREMRANGEBYSCORE', normal, '-inf', n(now))
