@@ -22,16 +22,9 @@ from pathlib import Path
 
 import orjson
 
+from benchmarks.dataset import make_files
+
 FOLDERS = 20
-
-
-def make_job(root: Path, files: int) -> None:
-    per_folder = files // FOLDERS
-    for folder in range(1, FOLDERS + 1):
-        directory = root / f"listing-{folder:02d}"
-        directory.mkdir(parents=True)
-        for index in range(1, per_folder + 1):
-            (directory / f"photo-{index}.jpg").write_bytes(os.urandom(64 * 1024))
 
 
 def start_sandbox(rps: int) -> tuple[subprocess.Popen[str], str, str]:
@@ -87,7 +80,7 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="styldod-ledger-bench-") as scratch:
         root = Path(scratch)
-        make_job(root / "job", args.files)
+        make_files(root / "job", count=args.files, size=64 * 1024, folders=FOLDERS)
         sandbox, base_url, key = start_sandbox(20 if args.rate_limited else 100000)
         try:
             results: dict[str, list[dict[str, float]]] = {"without": [], "with": []}

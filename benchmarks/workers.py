@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import re
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from typing import Any
 import orjson
 from tests.servers import PostgresServer, RedisServer
 
+from benchmarks.dataset import make_files
 from benchmarks.proc import clean_env
 from styldod_batch.sandbox.requestlog import most_in_window
 
@@ -34,15 +34,6 @@ RESULTS = Path(__file__).parent / "results"
 RATE = 20
 LISTINGS = 20
 KEY = "workers-bench-key"
-
-
-def make_job(root: Path, files: int) -> None:
-    per = files // LISTINGS
-    for listing in range(1, LISTINGS + 1):
-        folder = root / f"listing-{listing:02d}"
-        folder.mkdir(parents=True)
-        for index in range(1, per + 1):
-            (folder / f"photo-{index}.jpg").write_bytes(os.urandom(16 * 1024))
 
 
 def start_sandbox(log: Path) -> tuple[subprocess.Popen[str], str]:
@@ -149,7 +140,7 @@ def markdown(rounds: list[dict[str, Any]], files: int) -> str:
 async def main_async(files: int, counts: list[int]) -> int:
     with tempfile.TemporaryDirectory(prefix="styldod-workers-bench-") as scratch:
         job = Path(scratch) / "job"
-        make_job(job, files)
+        make_files(job, count=files, size=16 * 1024, folders=LISTINGS)
         rounds = [await one_round(n, job, Path(scratch)) for n in counts]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "workers.json").write_bytes(orjson.dumps(rounds, option=orjson.OPT_INDENT_2))

@@ -22,6 +22,7 @@ from benchmarks.contenders import Contender, RunContext, S3Access
 from benchmarks.dataset import FileSet, write_job
 from benchmarks.proc import run_measured
 from benchmarks.targets import NginxSink, SandboxProcess, SeaweedTarget
+from styldod_batch.sandbox.requestlog import most_in_window
 
 # The sandbox counts arrivals per key in a sliding one-second window: a run that starts
 # right after another would inherit its last second. This is a quiet period, not a wait
@@ -81,16 +82,6 @@ class Workload:
 
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-
-
-def max_in_window(times: list[float], window_s: float = 1.0) -> int:
-    times = sorted(times)
-    best = start = 0
-    for end, t in enumerate(times):
-        while t - times[start] >= window_s:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
 
 
 class Runner:
@@ -272,8 +263,8 @@ class Runner:
             record.rate_limited = answered_429
         record.extra["server_requests"] = len(traffic)
         record.extra["server_429"] = answered_429
-        record.max_per_window = max_in_window([e["mono"] for e in traffic])
-        record.max_api_per_window = max_in_window(
+        record.max_per_window = most_in_window([e["mono"] for e in traffic])
+        record.max_api_per_window = most_in_window(
             [e["mono"] for e in traffic if e["kind"] == "api"]
         )
         if workload.rate is not None:

@@ -13,7 +13,7 @@ import pytest
 from styldod_batch.ledger.location import key_fingerprint
 from styldod_batch.sandbox import Sandbox
 from styldod_batch.sandbox.pytest_plugin import SandboxFactory
-from styldod_batch.sandbox.requestlog import LogEntry, most_in_window
+from styldod_batch.sandbox.requestlog import LogEntry, busiest_window, most_in_window
 from tests.helpers import assert_each_file_in_one_order, assert_one_key_per_order, make_tree
 from tests.servers import PostgresServer, RedisServer
 from tests.test_shared_ledger import worker
@@ -36,17 +36,12 @@ def key_requests(box: Sandbox) -> list[LogEntry]:
 
 def busiest(box: Sandbox) -> str:
     """The busiest second, request by request (for a failure's message)."""
-    entries = sorted(key_requests(box), key=lambda e: e.mono)
-    best, start, span = 0, 0, (0, 0)
-    for end, entry in enumerate(entries):
-        while entry.mono - entries[start].mono >= 1.0:
-            start += 1
-        if end - start + 1 > best:
-            best, span = end - start + 1, (start, end)
-    first = entries[span[0]].mono
+    window = busiest_window([e.mono for e in key_requests(box)])
+    chosen = sorted(
+        (e for e in key_requests(box) if window[0] <= e.mono <= window[-1]), key=lambda e: e.mono
+    )
     return ", ".join(
-        f"{(e.mono - first) * 1000:.0f} ms {e.method} {e.path[-24:]} {e.status}"
-        for e in entries[span[0] : span[1] + 1]
+        f"{(e.mono - window[0]) * 1000:.0f} ms {e.method} {e.path[-24:]} {e.status}" for e in chosen
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -93,12 +93,20 @@ class RequestLog:
         return most_in_window([e.mono for e in self.entries if e.kind in kinds], window_s)
 
 
-def most_in_window(times: list[float], window_s: float = 1.0) -> int:
-    """The most of ``times`` that fall in any sliding window of ``window_s`` seconds."""
+def busiest_window(times: Sequence[float], window_s: float = 1.0) -> list[float]:
+    """The most of ``times`` that fall in one sliding window of ``window_s`` seconds
+    (the earliest such window), in order."""
     times = sorted(times)
-    best = start = 0
-    for end, t in enumerate(times):
+    start = 0
+    first, end = 0, 0
+    for last, t in enumerate(times):
         while t - times[start] >= window_s:
             start += 1
-        best = max(best, end - start + 1)
-    return best
+        if last + 1 - start > end - first:
+            first, end = start, last + 1
+    return times[first:end]
+
+
+def most_in_window(times: Sequence[float], window_s: float = 1.0) -> int:
+    """How many of ``times`` fall in the busiest sliding window of ``window_s`` seconds."""
+    return len(busiest_window(times, window_s))
