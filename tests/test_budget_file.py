@@ -36,6 +36,7 @@ from styldod_batch.budget_file import (
     GRANTED,
     RELEASE,
     RESERVE,
+    RESTAMP,
     SLOW_DOWN,
     US,
     WAIT,
@@ -109,6 +110,30 @@ def test_slots_are_handed_out_first_come_first_served_across_workers() -> None:
     assert all(r.status == WAIT for r in replies)
     assert slots == sorted(slots)
     assert [b - a for a, b in zip([first.slot_us, *slots], slots, strict=False)] == [US // RATE] * 3
+
+
+def test_a_slowed_budget_drips_at_the_slowed_rate() -> None:
+    clock = Clock()
+    clock.step(RESERVE, "a", "a0")
+    clock.now += US
+    clock.step(SLOW_DOWN, "a", "a:slow", retry_after_us=0)
+    assert clock.step(RESERVE, "a", "a1").status == GRANTED
+    reply = clock.step(RESERVE, "a", "a2")
+    assert reply.wait_us == US // (RATE // 2)  # halved: one per 1/10 s
+
+
+def test_a_grant_whose_request_left_late_counts_from_when_it_left() -> None:
+    clock = Clock()
+    clock.step(RESERVE, "a", "a0")
+    clock.now += 30_000  # a new connection under load: the request leaves 30 ms late
+    assert clock.step(RESTAMP, "a", "a0").status == GRANTED
+    assert clock.state.grants["a0"] == clock.now
+    # Never earlier, and a record already gone stays gone.
+    clock.step(RESTAMP, "a", "a0")
+    assert clock.state.grants["a0"] == clock.now
+    clock.now += 2 * P.window_us
+    clock.step(RESTAMP, "a", "a0")
+    assert "a0" not in clock.state.grants
 
 
 def test_a_claim_early_waits_on_time_is_granted_late_queues_again() -> None:
@@ -384,7 +409,7 @@ class Recorder:
 @contextlib.asynccontextmanager
 async def recording_server(recorder: Recorder) -> AsyncIterator[Recorder]:
     app = web.Application()
-    app.router.add_get("/{tail:.*}", recorder.handle)
+    app.router.add_route("*", "/{tail:.*}", recorder.handle)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

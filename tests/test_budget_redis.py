@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 
+import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
+from styldod_batch.budget import sent_trace
 from styldod_batch.budget_redis import RedisBudget, redact_url
 from styldod_batch.errors import ConfigurationError
 from styldod_batch.sandbox.requestlog import most_in_window
@@ -36,8 +39,9 @@ def budget_for(url: str, *, api_key: str = API_KEY, rate: float = RATE) -> Redis
 
 
 async def warm_up(url: str) -> None:
-    """A key's first grant waits one window (its state is new: what was granted before is
-    unknown); take it here so the workers' measured seconds are all steady state."""
+    """On a Redis started less than a window ago, a key's first grant waits one window (what
+    was granted just before is unknown); take it here so the workers' measured seconds are
+    all steady state."""
     async with budget_for(url) as budget:
         await budget.acquire()
 
@@ -158,3 +162,69 @@ async def test_budgets_of_two_keys_are_apart(redis_server: RedisServer) -> None:
             assert await client.zcard(b.keys[0]) == 2
         finally:
             await client.aclose()
+
+
+async def test_a_new_key_waits_a_window_only_on_a_redis_started_within_one(
+    redis_server: RedisServer,
+) -> None:
+    """A key with no state on a Redis that started less than a window ago may have lost
+    grants made just before (a restart): its first grant waits a window. On a Redis up for
+    longer, no state means no grant in the last window: the first grant goes at once."""
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        await redis_server.restart()
+        restarted_at = time.monotonic()
+        async with budget_for(redis_server.url, api_key="key-after-restart") as budget:
+            await budget.acquire()
+            state = await budget.shared_state()
+            assert int(state["paused"]) == int(state["epoch"]) + budget.params.cold_pause_us
+        await asyncio.sleep(max(0.0, restarted_at + 2.1 - time.monotonic()))
+        assert int((await client.info("server"))["uptime_in_seconds"]) >= 2
+        async with budget_for(redis_server.url, api_key="key-long-after") as budget:
+            await budget.acquire()
+            assert (await budget.shared_state())["paused"] == "0"
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize("late", ["before the headers", "in the body's first read"])
+async def test_a_request_that_leaves_late_has_its_grant_restamped(
+    redis_server: RedisServer, late: str
+) -> None:
+    """A request that leaves well after its grant (60 ms here: opening a connection under
+    load, or a file's first read, can take that long) moves its record in the shared log to
+    when it left, so the next grants count from there."""
+
+    async def slow_to_leave(
+        request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+    ) -> aiohttp.ClientResponse:
+        await asyncio.sleep(0.06)
+        return await handler(request)
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        await asyncio.sleep(0.06)
+        yield b"photo"
+
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        async with (
+            recording_server(Recorder()) as server,
+            budget_for(redis_server.url) as budget,
+            aiohttp.ClientSession(trace_configs=[sent_trace()]) as session,
+        ):
+            if late == "before the headers":
+                request = session.get(server.url, middlewares=(budget.middleware(), slow_to_leave))
+            else:
+                request = session.put(
+                    server.url, data=slow_body(), middlewares=(budget.middleware(),)
+                )
+            async with request as resp:
+                assert resp.status == 200
+            granted_us = budget.last_grant_us
+            await budget.flush()  # the re-stamp is sent beside the request
+            assert budget.restamped == 1
+            log = await client.zrange(budget.keys[0], 0, -1, withscores=True)
+        assert len(log) == 1
+        assert float(log[0][1]) - granted_us >= 55_000
+    finally:
+        await client.aclose()

@@ -30,8 +30,24 @@ async def test_never_more_than_rate_in_any_window_and_grants_drip() -> None:
     assert min(times[i + 20] - times[i] for i in range(len(times) - 20)) >= 1.015 - 1e-9
     assert max(sum(1 for t in times if start <= t < start + 1.0) for start in times) == 20
     # ... and the budget does give the rate: 100 grants in five windows.
-    assert times[-1] - times[0] <= 5 * 1.015
+    assert times[-1] - times[0] == pytest.approx(4 * 1.015 + 19 / 20)
     assert budget.granted == 100
+
+
+async def test_a_grant_whose_request_left_late_counts_from_when_it_left() -> None:
+    clock = VirtualClock()
+    budget = RateBudget(20, margin_s=0.015, clock=clock)
+    first = await budget.acquire()
+    first.sent(first.asked_at + 0.001)  # on time: its record stays
+    assert not first.restamped
+    clock.advance(0.04)  # it leaves 40 ms after its grant
+    first.sent(first.asked_at + 0.04)
+    assert first.restamped
+    times = [t - 1000.0 for t in await grant_times(budget, clock, 20)]
+    assert times[:2] == pytest.approx([0.05, 0.1])  # the drip goes on from the grant
+    # The 21st grant waits a window after the first request really left, not after its
+    # grant (which would be 1.015).
+    assert times[-1] == pytest.approx(0.04 + 1.015)
 
 
 async def test_concurrent_callers_are_served_first_come_first_served() -> None:

@@ -1,5 +1,3 @@
-import sys
+from styldod_batch.cli import run
 
-from styldod_batch.cli import main
-
-sys.exit(main())
+run()

@@ -9,6 +9,10 @@ drips, so twice the rate fits in one window), so the budget combines two rules:
   ``window + margin`` old, which makes the sliding-window promise hold outright, with the
   margin absorbing delivery jitter between the grant and the server's clock.
 
+(A drip of ``1 / (2 * rate)`` would end runs 0.45 s sooner, but it sends a window's
+requests in half of it, and a server under that load stamped arrivals up to 60 ms late:
+4 workers once saw 21 in one second and a 429.)
+
 A 429 pauses the whole budget for ``Retry-After`` (at most ``max_pause_s``: a server cannot
 park the run) and halves its rate; the rate then recovers linearly to the nominal one over
 ``recovery_s``.
@@ -17,6 +21,14 @@ The budget is enforced in an aiohttp client middleware, which aiohttp runs for e
 attempt it makes, including the silent re-send of an idempotent request on a dead
 keep-alive connection, so no request reaches the wire without a grant.
 
+A grant is recorded at the time it is given, and the margin covers the usual few
+milliseconds until the request is on the wire. A request that leaves later than
+``LATE_SEND_S`` after its grant was asked for (a new connection opened while other processes
+start and crowd the CPU: 7 to 11 ms were measured, 20 ms at the server) has its grant
+re-stamped with the time it left (``sent_trace``: aiohttp's signals for the headers and the
+body's first chunk), so the next grants count from when it really went out and the margin
+stays whole.
+
 Time comes from a ``Clock`` (``time.monotonic`` and ``asyncio.sleep`` by default), so tests
 can run the budget and the retry loop on virtual time without sleeping.
 """
@@ -24,19 +36,60 @@ can run the budget and the retry loop on virtual time without sleeping.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from styldod_batch.errors import ConfigurationError
 
 # Added to the one-second window: delivery jitter between a grant and the server's clock.
-# 15 ms let a 21st request into one window on a loaded 2-core machine (a worker's first
-# request stamped late by the server); 25 ms costs 1% of the pace.
-WINDOW_MARGIN_S = 0.025
+# Late sends are re-stamped (``LATE_SEND_S``), so this covers at most 5 ms on the client
+# and the trip; 4 workers starting at once on 2 cores used 3 to 7 ms of it. (Before late
+# sends were re-stamped, a worker's first request, on a new connection while the others
+# still started, used 21 ms.)
+WINDOW_MARGIN_S = 0.015
+
+# A request that leaves later than this after its grant was asked for is re-stamped: the
+# margin is then left whole for the trip (a grant's usual lateness is 1 to 2 ms).
+LATE_SEND_S = 0.005
 
 if TYPE_CHECKING:  # aiohttp only for the middleware's types
-    from aiohttp import ClientHandlerType, ClientMiddlewareType, ClientRequest, ClientResponse
+    from aiohttp import (
+        ClientHandlerType,
+        ClientMiddlewareType,
+        ClientRequest,
+        ClientResponse,
+        TraceConfig,
+    )
+
+
+class Grant:
+    """One grant: when it was asked for (``time.monotonic``), and how to move its record to
+    the time its request really left, if that was late."""
+
+    __slots__ = ("_restamp", "asked_at", "body_started", "restamped")
+
+    def __init__(self, asked_at: float, restamp: Callable[[], None]) -> None:
+        self.asked_at = asked_at
+        self.restamped = False
+        self.body_started = False
+        self._restamp = restamp
+
+    def sent(self, at: float) -> None:
+        """The request is going on the wire at ``at`` (``time.monotonic``)."""
+        if not self.restamped and at - self.asked_at > LATE_SEND_S:
+            self.restamped = True
+            self._restamp()
+
+
+# The grant of the request this task is sending: the middleware sets it, the headers-sent
+# signal (same task) reads it.
+_SENDING: contextvars.ContextVar[Grant | None] = contextvars.ContextVar(
+    "styldod_batch_sending", default=None
+)
 
 
 class Clock(Protocol):
@@ -73,6 +126,7 @@ class RateBudget:
         "_last_slowdown",
         "_lock",
         "_paused_until",
+        "_restamped",
         "_slowed_rate",
         "_waiting",
         "granted",
@@ -104,6 +158,7 @@ class RateBudget:
         self.max_pause_s = max_pause_s
         self._clock = clock
         self._grants: deque[float] = deque(maxlen=max(1, int(rate)))
+        self._restamped = 0
         self._lock = asyncio.Lock()
         self._paused_until = float("-inf")
         self._last_grant = float("-inf")
@@ -127,24 +182,23 @@ class RateBudget:
         """How long the budget stays paused by a 429 (0 when it is not)."""
         return max(0.0, self._paused_until - self._clock.now())
 
-    async def acquire(self, *, low_priority: bool = False) -> None:
+    async def acquire(self, *, low_priority: bool = False) -> Grant:
         """Wait for a grant. A low-priority caller (order polling) lets every normal
         caller that is waiting go first, so it never crowds uploads out."""
         if low_priority:
             while self._waiting:
                 await self._idle.wait()
-            await self._acquire()
-            return
+            return await self._acquire()
         self._waiting += 1
         self._idle.clear()
         try:
-            await self._acquire()
+            return await self._acquire()
         finally:
             self._waiting -= 1
             if not self._waiting:
                 self._idle.set()
 
-    async def _acquire(self) -> None:
+    async def _acquire(self) -> Grant:
         # asyncio.Lock wakes waiters in FIFO order, so grants are first come, first served.
         async with self._lock:
             clock = self._clock
@@ -153,13 +207,24 @@ class RateBudget:
                 # The rate is read again after every wait: a 429 meanwhile slows it.
                 ready = max(self._paused_until, self._last_grant + 1.0 / self.current_rate)
                 if len(self._grants) == self._grants.maxlen:
-                    ready = max(ready, self._grants[0] + self.window_s)
+                    # The earliest record: the first one, unless a late send moved it.
+                    oldest = min(self._grants) if self._restamped else self._grants[0]
+                    ready = max(ready, oldest + self.window_s)
                 if ready <= now:
                     break
                 await clock.sleep(ready - now)
             self._last_grant = now
             self._grants.append(now)
             self.granted += 1
+            index = self.granted
+            return Grant(time.monotonic(), functools.partial(self._restamp, index, now))
+
+    def _restamp(self, index: int, granted_at: float) -> None:
+        """Grant number ``index`` left late: its record takes the time now."""
+        position = len(self._grants) - 1 - (self.granted - index)
+        if position >= 0 and self._grants[position] == granted_at:
+            self._grants[position] = max(granted_at, self._clock.now())
+            self._restamped += 1
 
     def slow_down(self, retry_after_s: float) -> None:
         """A 429 arrived: pause everything for ``retry_after_s`` (at most ``max_pause_s``;
@@ -187,7 +252,7 @@ class Budget(Protocol):
     @property
     def current_rate(self) -> float: ...
 
-    async def acquire(self, *, low_priority: bool = False) -> None: ...
+    async def acquire(self, *, low_priority: bool = False) -> Grant: ...
 
     def slow_down(self, retry_after_s: float) -> None: ...
 
@@ -206,8 +271,39 @@ class BudgetMiddleware:
         self.low_priority = low_priority
 
     async def __call__(self, request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
-        await self.budget.acquire(low_priority=self.low_priority)
-        return await handler(request)
+        grant = await self.budget.acquire(low_priority=self.low_priority)
+        token = _SENDING.set(grant)
+        try:
+            return await handler(request)
+        finally:
+            _SENDING.reset(token)
+
+
+async def _headers_sent(*_: object) -> None:
+    grant = _SENDING.get()
+    if grant is not None:
+        grant.sent(time.monotonic())
+
+
+async def _chunk_sent(*_: object) -> None:
+    # aiohttp holds the headers back until the body's first chunk (a file's first read):
+    # that write is when a request with a body leaves. (The writer task that sends the body
+    # was made inside the middleware's context, so it sees the grant.)
+    grant = _SENDING.get()
+    if grant is not None and not grant.body_started:
+        grant.body_started = True
+        grant.sent(time.monotonic())
+
+
+def sent_trace() -> TraceConfig:
+    """The trace config a session with a budget middleware needs: it tells each grant when
+    its request left (``Grant.sent``)."""
+    from aiohttp import TraceConfig
+
+    trace = TraceConfig()
+    trace.on_request_headers_sent.append(_headers_sent)
+    trace.on_request_chunk_sent.append(_chunk_sent)
+    return trace
 
 
 # A shared budget keeps a log of its last ``rate`` grants: beyond what any API allows, that

@@ -48,6 +48,7 @@ import abc
 import asyncio
 import contextlib
 import fcntl
+import functools
 import hashlib
 import itertools
 import logging
@@ -65,7 +66,7 @@ from typing import TYPE_CHECKING, NamedTuple, Self
 
 import orjson
 
-from styldod_batch.budget import WINDOW_MARGIN_S, BudgetMiddleware
+from styldod_batch.budget import WINDOW_MARGIN_S, BudgetMiddleware, Grant
 from styldod_batch.errors import ConfigurationError
 
 if TYPE_CHECKING:  # aiohttp only for the middleware's types: the upload path never loads it
@@ -82,6 +83,7 @@ DEFER = 2  # low priority and normal callers are waiting elsewhere: ask again in
 RESERVE = "reserve"
 CLAIM = "claim"
 RELEASE = "release"
+RESTAMP = "restamp"
 SLOW_DOWN = "slow"
 
 US = 1_000_000
@@ -222,6 +224,11 @@ def step(
     if op == RELEASE:
         state.grants.pop(member, None)
         return Reply(GRANTED, 0, 0, state.epoch, rate)
+    if op == RESTAMP:
+        # Its request left late: count it from now, never earlier than it was.
+        if member in state.grants:
+            state.grants[member] = max(state.grants[member], now)
+        return Reply(GRANTED, 0, now, state.epoch, rate)
     if op == CLAIM:
         reserved = state.grants.get(member)
         if epoch == state.epoch and reserved is not None:
@@ -325,6 +332,7 @@ class SharedBudget(abc.ABC):
             defer_us=round(min(1.0, max(0.1, 2.0 / self.nominal_rate)) * US),
         )
         self.granted = 0
+        self.restamped = 0  # grants whose request left late (``budget.LATE_SEND_S``)
         self.rate_limited = 0
         self.coordinator_errors = 0
         # When the last grant was made, on the coordinator's clock (microseconds): what the
@@ -404,7 +412,7 @@ class SharedBudget(abc.ABC):
         """The shared rate as the coordinator last told it (slowed by a 429, recovering)."""
         return self._rate
 
-    async def acquire(self, *, low_priority: bool = False) -> None:
+    async def acquire(self, *, low_priority: bool = False) -> Grant:
         """Wait for a grant. A low-priority caller lets every normal caller go first, in this
         process and (as far as the shared state tells) in every other."""
         if not self._opened:
@@ -416,15 +424,17 @@ class SharedBudget(abc.ABC):
                 async with self._lock:
                     if self._waiting:
                         continue
-                    defer_s = await self._obtain(low=True)
-                if defer_s is None:
-                    return
-                await asyncio.sleep(defer_s)
+                    got = await self._obtain(low=True)
+                if isinstance(got, Grant):
+                    return got
+                await asyncio.sleep(got)
         self._waiting += 1
         self._idle.clear()
         try:
             async with self._lock:
-                await self._obtain(low=False)
+                got = await self._obtain(low=False)
+                assert isinstance(got, Grant)  # only a low-priority caller is deferred
+                return got
         finally:
             self._waiting -= 1
             if not self._waiting:
@@ -457,9 +467,9 @@ class SharedBudget(abc.ABC):
 
     # -- internals ----------------------------------------------------------------------------
 
-    async def _obtain(self, *, low: bool) -> float | None:
-        """Reserve, sleep, claim: returns None once granted, or (low priority only) how long
-        to wait before asking again."""
+    async def _obtain(self, *, low: bool) -> Grant | float:
+        """Reserve, sleep, claim: returns the grant, or (low priority only) how long to wait
+        before asking again."""
         member = f"{self.worker}:{next(self._seq)}"
         op, epoch = RESERVE, 0
         failures = 0
@@ -470,6 +480,7 @@ class SharedBudget(abc.ABC):
                     await asyncio.sleep(pause)
                 # Normal callers of this process still waiting after this one.
                 others = self._waiting > (0 if low else 1)
+                asked_at = time.monotonic()
                 try:
                     reply = await self._call(
                         op, member, epoch=epoch, low=low, others_waiting=others
@@ -491,7 +502,7 @@ class SharedBudget(abc.ABC):
                 if reply.status == GRANTED:
                     self.granted += 1
                     self.last_grant_us = reply.slot_us
-                    return None
+                    return Grant(asked_at, functools.partial(self._restamp, member))
                 if reply.status == DEFER:
                     return reply.wait_us / US
                 op, epoch = CLAIM, reply.epoch
@@ -506,6 +517,18 @@ class SharedBudget(abc.ABC):
     async def _release(self, member: str) -> None:
         with contextlib.suppress(*self._transient):
             await self._call(RELEASE, member)
+
+    def _restamp(self, member: str) -> None:
+        """The grant's request left late: its record takes the coordinator's time now (a
+        task: the request goes on meanwhile)."""
+        self.restamped += 1
+        with contextlib.suppress(RuntimeError):  # no running loop: nothing to correct
+            self._spawn(asyncio.get_running_loop(), self._send_restamp(member))
+
+    async def _send_restamp(self, member: str) -> None:
+        # Once: a record moved a window later no longer counts anyway.
+        with contextlib.suppress(*self._transient):
+            await self._call(RESTAMP, member)
 
     async def _publish_slow_down(self, retry_after_us: int) -> None:
         failures = 0

@@ -29,9 +29,13 @@ What the ``redis`` package guarantees, and what it does not, for this promise:
   budget stricter); and while Redis does not answer nothing is granted (fail closed).
 * Redis promises nothing about keeping data: a restart without persistence, a failover to
   a replica that lags, or an eviction loses the recent grants. The script keeps the server's
-  ``run_id`` in the state: when the state is missing or was written by another server, it
-  waits one window before granting, since whatever was granted just before is unknown.
-  (The first use of a key in a day pays that second too.)
+  ``run_id`` in the state: when the state was written by another server, or is missing on
+  a server that started less than a window ago, it waits one window before granting, since
+  whatever was granted just before is unknown. Missing on a server up for longer means no
+  grant in the last window (the log outlives its window), so a new key starts at once. Only
+  a ``FLUSHALL`` or an eviction (``maxmemory`` with a ``volatile-*`` or ``allkeys-*``
+  policy) could lose a live log without a restart: give the budget a Redis that does not
+  evict.
 * Keys carry a hash tag (``{...}``), so the script's three keys share one Redis Cluster slot.
 
 Keys are named by the service's base URL (hashed) and the API key's fingerprint, never by
@@ -81,7 +85,9 @@ local function n(x) return string.format('%.0f', x) end
 
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-local boot = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
+local info = redis.call('INFO', 'server')
+local boot = string.match(info, 'run_id:(%w+)')
+local uptime_us = (tonumber(string.match(info, 'uptime_in_seconds:(%d+)')) or 0) * 1000000
 
 local s = redis.call('HMGET', state, 'boot', 'epoch', 'last', 'paused', 'slowed', 'slowed_at',
                      'limited')
@@ -89,9 +95,12 @@ local epoch, last, paused = tonumber(s[2]) or 0, tonumber(s[3]) or 0, tonumber(s
 local slowed, slowed_at = tonumber(s[5]) or 0, tonumber(s[6]) or 0
 local limited = tonumber(s[7]) or 0
 if s[1] ~= boot then
-  -- Unknown or lost state: whatever was granted just before is unknown, so wait.
+  -- Written by another server (a restart that kept its data, a failover), or missing just
+  -- after a start: whatever was granted just before is unknown, so wait. Missing on a
+  -- server up for longer than a window: this key granted nothing in the last window.
   redis.call('DEL', grants, normal)
-  epoch, last, paused, slowed, slowed_at = now, 0, now + cold_pause, 0, 0
+  epoch, last, paused, slowed, slowed_at = now, 0, 0, 0, 0
+  if s[1] or uptime_us < window then paused = now + cold_pause end
 end
 redis.call('ZREMRANGEBYSCORE', grants, '-inf', n(now - window))
 redis.call('ZREMRANGEBYSCORE', normal, '-inf', n(now))
@@ -138,6 +147,11 @@ end
 if op == 'release' then
   redis.call('ZREM', grants, member)
   return finish(GRANTED, 0, 0)
+end
+if op == 'restamp' then
+  -- Its request left late: count it from now, never earlier than it was.
+  if redis.call('ZSCORE', grants, member) then redis.call('ZADD', grants, 'GT', n(now), member) end
+  return finish(GRANTED, 0, now)
 end
 if op == 'claim' then
   local reserved = tonumber(redis.call('ZSCORE', grants, member))

@@ -24,7 +24,7 @@ import aiofiles
 import aiohttp
 from yarl import URL
 
-from styldod_batch.budget import Budget
+from styldod_batch.budget import Budget, sent_trace
 from styldod_batch.errors import (
     ConfigurationError,
     NetworkError,
@@ -72,6 +72,7 @@ def open_download_session(*, connections: int = 100) -> aiohttp.ClientSession:
         auto_decompress=False,
         trust_env=True,
         timeout=download_timeout(),
+        trace_configs=[sent_trace()],  # a download that leaves late re-stamps its grant
     )
 
 

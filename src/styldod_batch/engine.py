@@ -27,14 +27,14 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Ma
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
 
 from styldod_batch.api import OrderAPIClient, RequestCounters
-from styldod_batch.budget import Budget, RateBudget, open_budget
+from styldod_batch.budget import Budget, RateBudget, open_budget, sent_trace
 from styldod_batch.errors import (
     APIError,
     AuthenticationError,
@@ -76,7 +76,9 @@ from styldod_batch.rerun import Verdict, already_ordered, classify, earlier_orde
 from styldod_batch.retry import retrying
 from styldod_batch.scan import FolderScan, GroupEnd, ScanEvent, Skipped
 from styldod_batch.settings import Settings
-from styldod_batch.webhooks import WebhookReceiver
+
+if TYPE_CHECKING:  # the receiver (and aiohttp.web) only when a run listens
+    from styldod_batch.webhooks import WebhookReceiver
 
 ImageCallback = Callable[[ImageResult], None]
 OrderCallback = Callable[[OrderResult], None]
@@ -102,8 +104,9 @@ SCAN_BATCH = 256
 STREAM_QUEUE = 1024
 ORDER_WORKERS = 4
 PRESIGN_WORKERS = 2
-# How often a run looks again at a listing another run holds.
-CLAIM_POLL_S = 0.25
+# How often a run looks again at a listing another run holds (a claim: one small
+# transaction); the wait ends the run's tail when the holder finishes.
+CLAIM_POLL_S = 0.05
 _IMAGE_PARAM = re.compile(r"image_list\[(\d+)\]")
 
 
@@ -186,7 +189,10 @@ class Uploader:
             enable_cleanup_closed=True,
         )
         self._session = aiohttp.ClientSession(
-            connector=connector, auto_decompress=False, trust_env=True
+            connector=connector,
+            auto_decompress=False,
+            trust_env=True,
+            trace_configs=[sent_trace()],  # an API call that leaves late re-stamps its grant
         )
         self.api = OrderAPIClient(self._session, self.settings, self.api_budget, self.counters)
         self._file_uploader = FileUploader(self.settings, self.storage_budget, self.counters)

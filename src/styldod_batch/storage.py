@@ -41,7 +41,7 @@ from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
 
 from styldod_batch.api import CountingMiddleware, read_at_most
-from styldod_batch.budget import Budget
+from styldod_batch.budget import Budget, sent_trace
 from styldod_batch.errors import (
     InputError,
     IntegrityError,
@@ -186,6 +186,7 @@ class FileUploader:
                 # An error answer is parsed as sent: never ask for it compressed.
                 skip_auto_headers=("Accept-Encoding",),
                 middlewares=self._middlewares,
+                trace_configs=[sent_trace()],  # a PUT that leaves late re-stamps its grant
             )
         return self._session
 

@@ -11,6 +11,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from styldod_batch.download import OutputDownloader, open_download_session
 from styldod_batch.engine import Source, Uploader
@@ -19,7 +20,9 @@ from styldod_batch.ledger import Ledger, open_ledger
 from styldod_batch.progress import ProgressShow
 from styldod_batch.report import Report, peak_rss_mb
 from styldod_batch.settings import Settings
-from styldod_batch.webhooks import WebhookReceiver
+
+if TYPE_CHECKING:  # the receiver (and aiohttp.web) only when a run listens
+    from styldod_batch.webhooks import WebhookReceiver
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +56,8 @@ async def run_job(
     """Run the job; SIGINT/SIGTERM stop it gracefully, a second one at once."""
     if follow.listen is None:
         return await _run_job(settings, paths, follow, None, progress=progress)
+    from styldod_batch.webhooks import WebhookReceiver
+
     host, port = follow.listen
     # It listens before the run is ready to record events: until then it answers 503, and
     # the service delivers again (an acknowledged event is never lost).

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from styldod_batch.cli import demo, download, sandbox, status, upload, webhooks
 from styldod_batch.cli.common import (
@@ -56,6 +58,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         return _reader_went_away()
     return code
+
+
+def run() -> NoReturn:
+    """The command's entry point: ``main()``, then out at once. By then every file is closed
+    and every connection shut; all that is left is the interpreter freeing its modules, 50 to
+    80 ms that the last of several workers would add to the job's wall time (mypy skips it
+    the same way). An exception still ends through Python's own exit, with its message."""
+    code = main()
+    with contextlib.suppress(OSError, ValueError):  # a closed or vanished stream: no matter
+        sys.stdout.flush()
+        sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 def _reader_went_away() -> int:

@@ -14,7 +14,6 @@ from styldod_batch.cli.common import (
 from styldod_batch.ledger import Ledger, SQLiteLedger, is_postgres_url, open_ledger
 from styldod_batch.runtime import run_async
 from styldod_batch.settings import from_environment
-from styldod_batch.webhooks import WebhookReceiver
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -59,6 +58,8 @@ def _serve(args: argparse.Namespace) -> int:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         try:
+            from styldod_batch.webhooks import WebhookReceiver
+
             async with WebhookReceiver(
                 *args.listen, token=args.token, on_event=ledger.record_event
             ) as receiver:
