@@ -108,8 +108,12 @@ class StorageGateway:
         revocations: URLRevocations,
         keys: KeyAccounting | None = None,
         limit_per_key: bool = False,
+        stored: dict[str, int] | None = None,
     ) -> None:
         self.upstream = URL(upstream)
+        # What S3 stored through this gateway (its 200 to a PUT): object path -> size. The
+        # Order API checks an order's images here before asking S3 (``OrderAPI.stored``).
+        self.stored: dict[str, int] = stored if stored is not None else {}
         self.faults = faults
         self.log = log
         self.revocations = revocations
@@ -286,6 +290,8 @@ class StorageGateway:
                 return web.Response(
                     status=upstream.status, headers=out_headers, body=await upstream.read()
                 )
+            if request.method == "PUT" and upstream.status == 200:
+                self.stored[request.rel_url.raw_path] = entry.bytes_in
             response = web.StreamResponse(status=upstream.status, headers=out_headers)
             if upstream.content_length is not None:
                 response.content_length = upstream.content_length

@@ -107,12 +107,14 @@ class Sandbox:
         )
         await lifecycle.start()
         self._lifecycle = lifecycle
+        stored: dict[str, int] = {}  # what S3 stored through the gateway, for the API
         self.api = OrderAPI(
             config,
             presigner=presigner,
             log=self.log,
             lifecycle=lifecycle,
             revocations=self.revocations,
+            stored=stored,
         )
         gateway = StorageGateway(
             upstream=self.storage.endpoint,
@@ -121,6 +123,7 @@ class Sandbox:
             revocations=self.revocations,
             keys=self.api,
             limit_per_key=config.limit_storage_per_key,
+            stored=stored,
         )
         runner = await self._serve(gateway.app(), storage_port)
         # A second address of the gateway, where redirected PUTs go (as S3's regional
