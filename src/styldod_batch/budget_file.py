@@ -1,14 +1,14 @@
 """A rate budget shared by every process of one API key: the common part, and its backend
 for one machine (a small state file under ``flock``). ``budget_redis`` is the backend for
 many machines; both keep the promise of ``budget.RateBudget`` across processes: at most
-``rate`` grants in any sliding window of 1 s + margin, in a steady drip.
+``rate`` grants in any sliding window of 1 s + margin, in a steady drip (``budget.py``).
 
 How a grant is made (``step`` below; the Redis backend runs the same steps in Lua). The
 shared state holds a log of recent grant and reservation times, the time of the latest one
 (``last``), a pause, a slowed rate and an ``epoch``; every step reads the coordinator's own
 clock, so the workers' clocks never matter.
 
-1. **Reserve.** The caller gets the next free slot ``t = max(now, pause end, last + 1/rate,
+1. **Reserve.** The caller gets the next free slot ``t = max(now, pause end, last + drip,
    the rate-th latest entry + window)``, written to the log at once. Slots are handed out
    in arrival order, so workers queue first come, first served, and each then sleeps until
    its own slot: no polling, no thundering herd. A slot that is ``now`` is a grant at once.
@@ -66,7 +66,7 @@ from typing import TYPE_CHECKING, NamedTuple, Self
 
 import orjson
 
-from styldod_batch.budget import WINDOW_MARGIN_S, BudgetMiddleware, Grant
+from styldod_batch.budget import WINDOW_MARGIN_S, BudgetMiddleware, Grant, drip_interval
 from styldod_batch.errors import ConfigurationError
 
 if TYPE_CHECKING:  # aiohttp only for the middleware's types: the upload path never loads it
@@ -261,7 +261,7 @@ def step(
     # RESERVE (or a claim that must queue again).
     if low and any(w != worker for w in state.normal):
         return Reply(DEFER, p.defer_us, 0, state.epoch, rate)
-    t = max(now, state.paused, state.last + math.ceil(US / rate))
+    t = max(now, state.paused, state.last + math.ceil(US * drip_interval(rate, p.rate)))
     if state.grants:
         # Never before a logged time (a late claim, at high rates), and never the cap-th
         # within one window: then no window ending at t or later holds more than the cap.
@@ -319,7 +319,7 @@ class SharedBudget(abc.ABC):
         self.window_s = window_s + margin_s
         self.recovery_s = recovery_s
         # How late a claim may come and keep its slot: the window is checked on actual times
-        # anyway, so this only keeps the drip steady; half a drip interval (25 ms at 20/s)
+        # anyway, so this only keeps the drip steady; half of ``1 / rate`` (25 ms at 20/s)
         # lets a busy event loop keep its turn.
         if tolerance_s is None:
             tolerance_s = max(margin_s / 2, 0.5 / self.nominal_rate)

@@ -3,7 +3,7 @@
 The 20 requests per second belong to the key, not to a process: N workers with a budget of
 their own each would send N x 20. ``RedisBudget`` has ``RateBudget``'s interface and keeps
 its promise across every process that shares the key: at most ``rate`` grants in any sliding
-window of 1 s + margin, in a steady drip of one per ``1 / rate``. The algorithm (reserve a
+window of 1 s + margin, in a steady drip (``budget.drip_interval``). The algorithm (reserve a
 slot in turn, sleep until it, claim it) is described in ``budget_file``; here each step is
 one Lua script, which Redis runs atomically against its own clock (``TIME``), so neither the
 workers' clocks nor their number matter.
@@ -188,7 +188,10 @@ if low then
   local mine = redis.call('ZSCORE', normal, worker) and 1 or 0
   if redis.call('ZCARD', normal) - mine > 0 then return finish(DEFER, defer, 0) end
 end
-local t = math.max(now, paused, last + math.ceil(1000000 / rate))
+-- The drip (budget.drip_interval): half of 1 / rate at the full rate, 1 / rate if slowed.
+local drip = 1000000 / rate
+if rate >= rate_n then drip = 500000 / rate_n end
+local t = math.max(now, paused, last + math.ceil(drip))
 local top = redis.call('ZRANGE', grants, -1, -1, 'WITHSCORES')
 if top[2] then t = math.max(t, tonumber(top[2])) end
 if redis.call('ZCARD', grants) >= cap then

@@ -104,6 +104,9 @@ SCAN_BATCH = 256
 STREAM_QUEUE = 1024
 ORDER_WORKERS = 4
 PRESIGN_WORKERS = 2
+# How long a part-filled upload-URL batch waits for more files: every call costs a grant of
+# the rate budget, and a listing's files are planned a few milliseconds apart.
+PRESIGN_GATHER_S = 0.02
 # How often a run looks again at a listing another run holds (a claim: one small
 # transaction); the wait ends the run's tail when the holder finishes.
 CLAIM_POLL_S = 0.05
@@ -467,6 +470,8 @@ class _Run:
         self.ready: asyncio.Queue[tuple[ImageItem, OrderPart, UploadTarget] | object] = (
             asyncio.Queue(maxsize=max(self.settings.concurrency, lookahead))
         )
+        # One pre-sign worker gathers a batch at a time, so two never split a listing's files.
+        self.gathering = asyncio.Lock()
         self.order_slots = asyncio.Semaphore(ORDER_WORKERS)
         self.group: asyncio.TaskGroup | None = None
         self.started = time.monotonic()
@@ -824,21 +829,30 @@ class _Run:
     async def _presign_worker(self) -> None:
         limit = self.settings.contract.max_files_per_upload_call
         while True:
-            first = await self.planned.get()
-            if first is _DONE:
-                return
-            batch = [first]
-            while len(batch) < limit:
-                try:
-                    nxt = self.planned.get_nowait()
-                except asyncio.QueueEmpty:
-                    break
-                if nxt is _DONE:
-                    self.planned.put_nowait(_DONE)  # leave it for the stage's other worker
-                    break
-                batch.append(nxt)
+            async with self.gathering:
+                first = await self.planned.get()
+                if first is _DONE:
+                    return
+                batch = [first]
+                done = self._gather(batch, limit)
+                if not done and len(batch) < limit:
+                    await asyncio.sleep(PRESIGN_GATHER_S)
+                    done = self._gather(batch, limit)
             if not self.up.stopping.is_set():
                 await self._presign(batch)  # type: ignore[arg-type]
+
+    def _gather(self, batch: list[Any], limit: int) -> bool:
+        """Add what is planned now to ``batch``, up to ``limit``; True once planning ended."""
+        while len(batch) < limit:
+            try:
+                nxt = self.planned.get_nowait()
+            except asyncio.QueueEmpty:
+                return False
+            if nxt is _DONE:
+                self.planned.put_nowait(_DONE)  # leave it for the stage's other worker
+                return True
+            batch.append(nxt)
+        return False
 
     async def _presign(self, batch: list[tuple[ImageItem, OrderPart]]) -> None:
         api = self.up.api
