@@ -31,5 +31,7 @@ def steady_heap() -> None:
     enough to hold a granted request past the rate window's margin, or a sandbox's arrival
     stamp. (No collection first: at start-up there is little garbage, and one would cost
     that same pause.) Only the runner and the sandbox's fixtures call this, never the
-    library."""
+    library. The collector also comes back on here if ``python -m styldod_batch`` kept it
+    off while importing."""
     gc.freeze()
+    gc.enable()
