@@ -5,8 +5,8 @@ One module per command; ``common`` holds what they share."""
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -62,14 +62,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run() -> NoReturn:
     """The command's entry point: ``main()``, then out at once. By then every file is closed
-    and every connection shut; all that is left is the interpreter freeing its modules, 50 to
+    and every connection shut; what is left is the interpreter freeing its modules, 50 to
     80 ms that the last of several workers would add to the job's wall time (mypy skips it
-    the same way). An exception still ends through Python's own exit, with its message."""
+    the same way). The exit handlers still run (logging's flush, a temporary folder's
+    removal). An exception still ends through Python's own exit, with its message."""
     code = main()
+    atexit._run_exitfuncs()
     with contextlib.suppress(OSError, ValueError):  # a closed or vanished stream: no matter
         sys.stdout.flush()
         sys.stderr.flush()
-    logging.shutdown()
     os._exit(code)
 
 
