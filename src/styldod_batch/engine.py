@@ -834,10 +834,9 @@ class _Run:
                 if first is _DONE:
                     return
                 batch = [first]
-                done = self._gather(batch, limit)
-                if not done and len(batch) < limit:
+                if not self._gather(batch, limit) and len(batch) < limit:
                     await asyncio.sleep(PRESIGN_GATHER_S)
-                    done = self._gather(batch, limit)
+                    self._gather(batch, limit)
             if not self.up.stopping.is_set():
                 await self._presign(batch)  # type: ignore[arg-type]
 
