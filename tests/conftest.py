@@ -6,9 +6,25 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import pytest_asyncio
 
-from tests.servers import PostgresServer, RedisServer
+from tests.servers import PostgresServer, RedisServer, server_versions
 
 pytest_plugins = ["styldod_batch.sandbox.pytest_plugin"]
+
+
+def pytest_report_header() -> list[str]:
+    """What the run was tested against, in its output: the servers (Debian's packages) and
+    the client libraries whose behaviour the promises rest on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "missing"
+
+    servers = ", ".join(f"{name} {v}" for name, v in server_versions().items())
+    clients = ", ".join(f"{n} {of(n)}" for n in ("redis", "asyncpg", "aiohttp", "aiofiles"))
+    return [f"servers: {servers}", f"clients: {clients}"]
 
 
 @pytest.fixture(autouse=True)

@@ -20,6 +20,7 @@ import ctypes
 import glob
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -406,14 +407,27 @@ async def _budget_worker(spec: dict[str, Any]) -> dict[str, Any]:
     if spec["kind"] == "file":
         budget = FileBudget(spec["path"], spec["rate"], margin_s=spec["margin_s"])
     else:
+        from redis.asyncio.retry import Retry
+        from redis.backoff import ExponentialBackoff
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
         from styldod_batch.budget_redis import RedisBudget
 
+        # "silent": a client that hides a restart from the budget (retries every connection
+        # failure with backoff, for seconds), as an application's own Redis policy might.
+        silent = Retry(
+            ExponentialBackoff(cap=0.2, base=0.01),
+            50,
+            supported_errors=(RedisConnectionError, RedisTimeoutError, OSError),
+        )
         budget = RedisBudget(
             spec["url"],
             spec["rate"],
             base_url=spec["base_url"],
             api_key=spec["api_key"],
             margin_s=spec["margin_s"],
+            client_retry=silent if spec.get("client_retry") == "silent" else None,
         )
     grants: list[float] = []
     coordinator: list[int] = []
@@ -467,6 +481,7 @@ async def _budget_worker(spec: dict[str, Any]) -> dict[str, Any]:
         "statuses": statuses,
         "slowed": slowed,
         "coordinator_errors": budget.coordinator_errors,
+        "coordinator_restarts": budget.coordinator_restarts,
     }
 
 
@@ -475,3 +490,28 @@ def budget_worker_main() -> None:
     (SPEC in JSON): prints "ready", reads the end time, runs, prints its result (JSON)."""
     result = asyncio.run(_budget_worker(orjson.loads(sys.argv[1])))
     print(orjson.dumps(result).decode(), flush=True)
+
+
+def server_versions() -> dict[str, str]:
+    """The Redis and PostgreSQL the tests start, as their binaries state it ("7.0.15", "15.18");
+    "missing" for one that is not installed."""
+
+    def redis_command() -> list[str]:
+        return [find_redis_server(), "--version"]
+
+    def postgres_command() -> list[str]:
+        return [str(find_postgres_bindir() / "postgres"), "--version"]
+
+    found: dict[str, str] = {}
+    for name, command, pattern in (
+        ("Redis", redis_command, r"v=(\d+\.\d+\.\d+)"),
+        ("PostgreSQL", postgres_command, r"(\d+\.\d+)"),
+    ):
+        try:
+            out = subprocess.run(command(), capture_output=True, text=True, timeout=10).stdout
+        except (ServerError, OSError, subprocess.SubprocessError):
+            found[name] = "missing"
+            continue
+        match = re.search(pattern, out)
+        found[name] = match.group(1) if match else "unknown"
+    return found

@@ -397,13 +397,22 @@ class Recorder:
     retry_after_s: float = 1.0
     arrivals: list[float] = field(default_factory=list)
     url: str = ""
+    # Strict, as the API: a 429 to an arrival that makes more than this many in 1 s.
+    limit: int | None = None
+    refused: int = 0
 
     async def handle(self, request: web.Request) -> web.Response:
         if request.path == "/warm":  # a worker opening its connections: not a counted request
             return web.Response(text="warm")
-        self.arrivals.append(time.monotonic())
+        now = time.monotonic()
+        self.arrivals.append(now)
         if len(self.arrivals) in self.fail_at:
             return web.Response(status=429, headers={"Retry-After": str(self.retry_after_s)})
+        if self.limit is not None:
+            recent = sum(1 for t in reversed(self.arrivals[-(self.limit + 1) :]) if now - t < 1)
+            if recent > self.limit:
+                self.refused += 1
+                return web.Response(status=429, headers={"Retry-After": "1"})
         return web.Response(text="ok")
 
 
@@ -430,6 +439,7 @@ class WorkerResult:
     statuses: list[int]
     slowed: list[tuple[float, float]]  # (429 seen, pause published)
     coordinator_errors: int
+    coordinator_restarts: int
 
 
 class Workers:
@@ -479,6 +489,7 @@ class Workers:
                     statuses=raw["statuses"],
                     slowed=[(float(a), float(b)) for a, b in raw["slowed"]],
                     coordinator_errors=raw["coordinator_errors"],
+                    coordinator_restarts=raw["coordinator_restarts"],
                 )
             )
         return results

@@ -89,7 +89,41 @@ async def test_redis_restarted_mid_run_keeps_the_promise_and_grants_resume(
     assert [t for t in grants if stopped_at + 0.01 < t < started_at + 1.0] == []
     resumed = [t for t in grants if t >= started_at + 1.0]
     assert len(resumed) >= 10
-    assert sum(r.coordinator_errors for r in results) >= 1
+    # Redis itself told the budget it had lost its state (whatever the client library saw).
+    assert sum(r.coordinator_restarts for r in results) >= 1
+
+
+async def test_redis_restarted_under_clients_that_retry_silently(
+    redis_server: RedisServer,
+) -> None:
+    """The same crash, with clients that retry every connection failure by themselves for
+    seconds (the budget never sees an error): the rule that a restarted Redis waits one
+    window lives in the script, so a strict server still sees at most the rate in any second
+    and refuses nothing, and the grants resume."""
+    await warm_up(redis_server.url)
+    recorder = Recorder(limit=RATE)
+    async with recording_server(recorder) as server, workers() as group:
+        specs = [
+            spec_for("redis", redis_server.url, server.url, client_retry="silent") for _ in range(3)
+        ]
+        await group.start(specs)
+        began, end_at = group.go(5.0)
+        await wait_until(lambda: len(server.arrivals) >= 20)
+        stopped_at = time.monotonic()
+        await redis_server.stop(kill=True)
+        await redis_server.start()
+        started_at = time.monotonic()
+        results = await group.results()
+    report("redis restarted, silent retries", server.arrivals, began, end_at)
+    assert sum(r.coordinator_errors for r in results) == 0  # the clients hid the restart
+    assert sum(r.coordinator_restarts for r in results) >= 1  # Redis did not
+    assert most_in_window(server.arrivals) <= RATE
+    assert recorder.refused == 0
+    assert all(status == 200 for r in results for status in r.statuses)
+    assert_coordinator_kept_the_promise(results)
+    grants = sorted(t for r in results for t in r.grants)
+    assert [t for t in grants if stopped_at + 0.01 < t < started_at + 1.0] == []
+    assert len([t for t in grants if t >= started_at + 1.0]) >= 10
 
 
 async def test_a_worker_sends_nothing_while_redis_is_down(redis_server: RedisServer) -> None:

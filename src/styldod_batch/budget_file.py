@@ -110,6 +110,10 @@ class Reply(NamedTuple):
     slot_us: int
     epoch: int
     rate: float  # the shared current rate
+    # The coordinator found its state lost or written by another server (a restart, a
+    # failover) and started over with one window's pause: decided on the coordinator's side,
+    # whatever the client library did with the connection.
+    cold: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,8 +202,40 @@ def step(
 ) -> Reply:
     """One atomic step on the shared state (the module docstring tells the algorithm).
 
-    ``others_waiting``: the worker still has normal callers waiting after this one.
+    ``others_waiting``: the worker still has normal callers waiting after this one. The
+    reply is ``cold`` when the step found the state lost or foreign and started it over.
     """
+    cold = state.boot != boot and p.cold_pause_us > 0
+    reply = _step(
+        state,
+        now,
+        boot,
+        p,
+        op,
+        worker=worker,
+        member=member,
+        epoch=epoch,
+        low=low,
+        others_waiting=others_waiting,
+        retry_after_us=retry_after_us,
+    )
+    return reply._replace(cold=True) if cold else reply
+
+
+def _step(
+    state: SharedState,
+    now: int,
+    boot: str,
+    p: Params,
+    op: str,
+    *,
+    worker: str,
+    member: str,
+    epoch: int = 0,
+    low: bool = False,
+    others_waiting: bool = False,
+    retry_after_us: int = 0,
+) -> Reply:
     if state.boot != boot:
         # Unknown or lost state: whatever was granted just before is unknown, so wait.
         state.grants.clear()
@@ -335,6 +371,9 @@ class SharedBudget(abc.ABC):
         self.restamped = 0  # grants whose request left late (``budget.LATE_SEND_S``)
         self.rate_limited = 0
         self.coordinator_errors = 0
+        # Times the coordinator itself found its state lost (a restart, a failover): counted
+        # from its answers, so no client library's reconnects or retries can hide one.
+        self.coordinator_restarts = 0
         # When the last grant was made, on the coordinator's clock (microseconds): what the
         # promise is kept on, for diagnostics and tests.
         self.last_grant_us = 0
@@ -497,8 +536,8 @@ class SharedBudget(abc.ABC):
                     op, epoch = RESERVE, 0
                     continue
                 self._coordinator_up()
+                self._note(reply)
                 failures = 0
-                self._rate = reply.rate
                 if reply.status == GRANTED:
                     self.granted += 1
                     self.last_grant_us = reply.slot_us
@@ -516,7 +555,18 @@ class SharedBudget(abc.ABC):
 
     async def _release(self, member: str) -> None:
         with contextlib.suppress(*self._transient):
-            await self._call(RELEASE, member)
+            self._note(await self._call(RELEASE, member))
+
+    def _note(self, reply: Reply) -> None:
+        self._rate = reply.rate
+        if reply.cold:
+            self.coordinator_restarts += 1
+            log.warning(
+                "%s budget: %s had lost what it granted (restarted?); the next grant waits "
+                "one window",
+                self.name,
+                self.describe(),
+            )
 
     def _restamp(self, member: str) -> None:
         """The grant's request left late: its record takes the coordinator's time now (a
@@ -528,7 +578,7 @@ class SharedBudget(abc.ABC):
     async def _send_restamp(self, member: str) -> None:
         # Once: a record moved a window later no longer counts anyway.
         with contextlib.suppress(*self._transient):
-            await self._call(RESTAMP, member)
+            self._note(await self._call(RESTAMP, member))
 
     async def _publish_slow_down(self, retry_after_us: int) -> None:
         failures = 0
@@ -543,7 +593,7 @@ class SharedBudget(abc.ABC):
                 self._coordinator_down(exc)
                 await asyncio.sleep(_backoff_s(failures))
                 continue
-            self._rate = reply.rate
+            self._note(reply)
             return
 
     def _spawn(

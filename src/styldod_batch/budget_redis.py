@@ -22,11 +22,18 @@ What the ``redis`` package guarantees, and what it does not, for this promise:
   since Redis 5 (scripts replicate by their effects); Redis 6.2 or newer is needed.
 * ``register_script`` sends ``EVALSHA`` and loads the script again after ``NOSCRIPT``, as
   after a restart.
-* By default redis-py re-sends a command that failed on a connection error or a timeout,
-  up to 10 times, and a timed-out command may well have run. This budget turns those
-  retries off and handles failures itself: only an answered "granted" is a grant; a
-  reservation whose answer was lost stays in the log as a spent slot (it can only make the
-  budget stricter); and while Redis does not answer nothing is granted (fail closed).
+* The client's retries and reconnects decide nothing. redis-py re-sends a command that
+  failed on a connection error or a timeout (up to 10 times by default), and from 8.2 it
+  also replaces a pooled connection that died (a restart) before sending, so the client may
+  never see an error across a restart. Whether the Redis that answers lost what was
+  granted is therefore decided inside the script, on the server (``run_id``, uptime; the
+  reply says ``cold`` when it paused for it), and a re-sent step is harmless: a reserve
+  sent twice leaves one spent slot more (stricter), a claim sent twice grants the same
+  member once more and moves its record later (the caller acts on one answer: one
+  request), a slow-down halves once per pause, release and restamp are idempotent. The
+  budget still turns the client's retries off (``Retry(NoBackoff(), 0)``) so that a
+  failure reaches it at once and fails closed: only an answered "granted" is a grant, and
+  while Redis does not answer nothing is granted.
 * Redis promises nothing about keeping data: a restart without persistence, a failover to
   a replica that lags, or an eviction loses the recent grants. The script keeps the server's
   ``run_id`` in the state: when the state was written by another server, or is missing on
@@ -94,13 +101,17 @@ local s = redis.call('HMGET', state, 'boot', 'epoch', 'last', 'paused', 'slowed'
 local epoch, last, paused = tonumber(s[2]) or 0, tonumber(s[3]) or 0, tonumber(s[4]) or 0
 local slowed, slowed_at = tonumber(s[5]) or 0, tonumber(s[6]) or 0
 local limited = tonumber(s[7]) or 0
+local cold = 0  -- 1: the state was lost or foreign, and this step paused one window
 if s[1] ~= boot then
   -- Written by another server (a restart that kept its data, a failover), or missing just
   -- after a start: whatever was granted just before is unknown, so wait. Missing on a
   -- server up for longer than a window: this key granted nothing in the last window.
   redis.call('DEL', grants, normal)
   epoch, last, paused, slowed, slowed_at = now, 0, 0, 0, 0
-  if s[1] or uptime_us < window then paused = now + cold_pause end
+  if s[1] or uptime_us < window then
+    paused = now + cold_pause
+    cold = 1
+  end
 end
 redis.call('ZREMRANGEBYSCORE', grants, '-inf', n(now - window))
 redis.call('ZREMRANGEBYSCORE', normal, '-inf', n(now))
@@ -119,7 +130,7 @@ local function finish(status, wait, at)
   local until_ms = math.ceil((math.max(last, paused, now) - now + window) / 1000) + 1000
   redis.call('PEXPIRE', grants, until_ms)
   redis.call('PEXPIRE', normal, until_ms + math.ceil(normal_ttl / 1000))
-  return {status, wait, at, epoch, tostring(rate)}
+  return {status, wait, at, epoch, tostring(rate), cold}
 end
 
 local function mark(waiting_until)
@@ -257,6 +268,7 @@ class RedisBudget(SharedBudget):
         recovery_s: float = 10.0,
         tolerance_s: float | None = None,
         timeout_s: float = 2.0,
+        client_retry: Retry | None = None,
     ) -> None:
         super().__init__(
             rate,
@@ -269,6 +281,8 @@ class RedisBudget(SharedBudget):
         )
         self._url = url
         self.timeout_s = timeout_s
+        # None: no retries by the client (the module docstring says why any would be safe).
+        self._client_retry = client_retry
         # The API key itself is not kept: only its fingerprint, inside the scope.
         self.scope = budget_scope(base_url, api_key, name)
         tag = f"{key_prefix}:{{{self.scope}}}"  # one hash tag: one cluster slot for all three
@@ -298,8 +312,10 @@ class RedisBudget(SharedBudget):
                 self._url,
                 socket_timeout=self.timeout_s,
                 socket_connect_timeout=self.timeout_s,
-                # No silent re-sends: a failure must reach _obtain, which fails closed.
-                retry=Retry(NoBackoff(), 0),
+                # Explicit, whatever the redis-py version's default: no silent re-sends, so a
+                # failure reaches _obtain at once, which fails closed. (A re-send would be
+                # safe too: the restart rule lives in the script.)
+                retry=self._client_retry or Retry(NoBackoff(), 0),
                 client_name=f"styldod-batch-budget-{self.worker}",
             )
         except ValueError as exc:
@@ -347,8 +363,10 @@ class RedisBudget(SharedBudget):
             *self._constants,
         ]
         raw = await self._script(keys=list(self.keys), args=args, client=self._client)
-        status, wait_us, slot_us, new_epoch, rate = raw
-        return Reply(int(status), int(wait_us), int(slot_us), int(new_epoch), float(rate))
+        status, wait_us, slot_us, new_epoch, rate, cold = raw
+        return Reply(
+            int(status), int(wait_us), int(slot_us), int(new_epoch), float(rate), bool(int(cold))
+        )
 
     async def shared_state(self) -> dict[str, str]:
         """The shared state as Redis holds it (for status reports and tests)."""
