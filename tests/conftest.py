@@ -29,10 +29,11 @@ def pytest_report_header() -> list[str]:
 
 @pytest.fixture(autouse=True)
 def _own_ledgers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Each test keeps its ledgers (the default state folder) to itself, runner children
-    included: they inherit the environment."""
+    """Each test keeps its ledgers (the default state folder) and its keys' budget files to
+    itself, runner children included: they inherit the environment."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
+        patch.setenv("STYLDOD_BUDGET_DIR", str(tmp_path_factory.mktemp("budgets")))
         patch.delenv("STYLDOD_STATE", raising=False)
         yield
 

@@ -401,7 +401,8 @@ async def _budget_worker(spec: dict[str, Any]) -> dict[str, Any]:
     what it saw: grant times (CLOCK_MONOTONIC, and on the coordinator's clock in µs)."""
     import aiohttp
 
-    from styldod_batch.budget_file import FileBudget, SharedBudget
+    from styldod_batch.budget.on_file import FileBudget
+    from styldod_batch.budget.shared import SharedBudget
 
     budget: SharedBudget
     if spec["kind"] == "file":
@@ -412,7 +413,7 @@ async def _budget_worker(spec: dict[str, Any]) -> dict[str, Any]:
         from redis.exceptions import ConnectionError as RedisConnectionError
         from redis.exceptions import TimeoutError as RedisTimeoutError
 
-        from styldod_batch.budget_redis import RedisBudget
+        from styldod_batch.budget.on_redis import RedisBudget
 
         # "silent": a client that hides a restart from the budget (retries every connection
         # failure with backoff, for seconds), as an application's own Redis policy might.
@@ -424,7 +425,6 @@ async def _budget_worker(spec: dict[str, Any]) -> dict[str, Any]:
         budget = RedisBudget(
             spec["url"],
             spec["rate"],
-            base_url=spec["base_url"],
             api_key=spec["api_key"],
             margin_s=spec["margin_s"],
             client_retry=silent if spec.get("client_retry") == "silent" else None,

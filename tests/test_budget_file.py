@@ -13,7 +13,9 @@ import collections
 import contextlib
 import heapq
 import itertools
+import logging
 import random
+import signal
 import stat
 import subprocess
 import sys
@@ -29,8 +31,9 @@ from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from styldod_batch.budget import Budget, RateBudget
-from styldod_batch.budget_file import (
+from styldod_batch.budget import WINDOW_MARGIN_S, Budget, RateBudget
+from styldod_batch.budget.on_file import FileBudget
+from styldod_batch.budget.step import (
     CLAIM,
     DEFER,
     GRANTED,
@@ -40,14 +43,12 @@ from styldod_batch.budget_file import (
     SLOW_DOWN,
     US,
     WAIT,
-    FileBudget,
     Params,
     SharedState,
-    budget_scope,
-    key_fingerprint,
     step,
 )
 from styldod_batch.errors import ConfigurationError
+from styldod_batch.identity import budget_scope, key_fingerprint
 from styldod_batch.sandbox.requestlog import most_in_window
 from tests.helpers import REPO
 from tests.servers import _as_child
@@ -304,20 +305,18 @@ def test_every_budget_has_the_engine_interface() -> None:
 
 
 def test_state_is_keyed_by_fingerprint_never_by_the_key() -> None:
-    scope = budget_scope("https://orderapi.styldod.com/", "sk-secret-key", "api")
+    scope = budget_scope("sk-secret-key", "api")
     assert "sk-secret-key" not in scope
     assert key_fingerprint("sk-secret-key") in scope
-    assert scope == budget_scope("https://OrderAPI.styldod.com", "sk-secret-key", "api")
-    assert scope != budget_scope("https://orderapi.styldod.com", "sk-secret-key", "storage")
+    assert scope != budget_scope("sk-secret-key", "storage")
+    assert scope != budget_scope("sk-other-key", "api")
 
 
 # -- FileBudget in one process ---------------------------------------------------------------
 
 
 async def test_the_file_is_private_and_holds_no_key(tmp_path: Path) -> None:
-    budget = FileBudget.for_key(
-        "https://orderapi.styldod.com", "sk-secret-key", RATE, folder=tmp_path / "b"
-    )
+    budget = FileBudget.for_key("sk-secret-key", RATE, folder=tmp_path / "b")
     async with budget:
         await budget.acquire()
     assert stat.S_IMODE((tmp_path / "b").stat().st_mode) == 0o700
@@ -519,7 +518,6 @@ def spec_for(kind: str, where: str, target: str, **extra: Any) -> dict[str, Any]
         "target": target,
         "tasks": 3,
         "low": False,
-        "base_url": "https://orderapi.styldod.com",
         "api_key": "test-key-shared",
         # The margin covers the trip from the grant to the server. On this 2-core machine
         # shared with other work a process can wait 15 ms or more for a CPU on the way, so
@@ -619,3 +617,146 @@ async def test_a_429_pauses_every_process_of_a_file_budget(tmp_path: Path) -> No
 
 async def test_low_priority_yields_across_processes_of_a_file_budget(tmp_path: Path) -> None:
     await check_low_priority_yields_across_processes("file", str(tmp_path / "b" / "budget"))
+
+
+# -- one key, one budget per machine ---------------------------------------------------------
+
+
+def test_one_budget_folder_wherever_the_process_was_started(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A cron job and a login session set $XDG_RUNTIME_DIR and $HOME differently: the budget
+    folder (so the key's budget) is the same for both. (It followed $XDG_RUNTIME_DIR: two
+    budgets of one key, 22 requests in one second.)"""
+    from styldod_batch.budget.on_file import BUDGET_DIR_ENV, default_budget_folder
+
+    monkeypatch.delenv(BUDGET_DIR_ENV, raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "/tmp")
+    monkeypatch.setenv("HOME", "/tmp/somewhere")
+    login = default_budget_folder()
+    monkeypatch.delenv("XDG_RUNTIME_DIR")
+    monkeypatch.setenv("HOME", "/")
+    cron = default_budget_folder()
+    assert login == cron
+    assert not str(login).startswith("/tmp")
+
+
+async def test_an_emptied_budget_file_reads_as_unknown_and_waits_a_window(
+    tmp_path: Path,
+) -> None:
+    """Only the process that makes the file may call it new. One emptied later (or made
+    unreadable) means "what was granted is unknown": the next grant waits one window, as on
+    a restarted Redis. (It read as "nothing granted": 40 requests in one window.)"""
+    path = tmp_path / "b" / "k.budget"
+    async with FileBudget(path, RATE) as first:
+        started = time.monotonic()
+        for _ in range(RATE):
+            await first.acquire()
+        assert time.monotonic() - started < 0.8  # a new file: no pause
+        path.write_bytes(b"")  # emptied behind the workers' backs
+        async with FileBudget(path, RATE) as second:
+            emptied_at = time.monotonic()
+            await second.acquire()
+            assert time.monotonic() - emptied_at >= 1.0
+    path.write_bytes(b"{not json")
+    async with FileBudget(path, RATE) as third:
+        garbled_at = time.monotonic()
+        await third.acquire()
+        assert time.monotonic() - garbled_at >= 1.0
+
+
+STOPPING_HOLDER = """
+import fcntl, os, signal, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+fcntl.flock(fd, fcntl.LOCK_EX)  # the worst moment: mid-step, the file's lock held
+print("stopping", flush=True)
+os.kill(os.getpid(), signal.SIGSTOP)
+"""
+
+
+async def test_a_process_stopped_holding_the_budget_file_holds_the_others_seconds_at_most(
+    tmp_path: Path,
+) -> None:
+    """A process stopped (SIGSTOP) while it held the budget file's lock froze every other
+    process of the key (0 bytes in 15 s, no message). Now the others wait a few seconds at
+    most, say which process holds them up, take the file over, and keep the window; the
+    stopped one, once it goes on, finds its step's file replaced and grants nothing from it."""
+    from styldod_batch.budget.on_file import STUCK_AFTER_S
+
+    path = tmp_path / "b" / "k.budget"
+    messages = ListHandler()
+    logging.getLogger("styldod_batch.budget").addHandler(messages)
+    async with FileBudget(path, RATE) as first, FileBudget(path, RATE) as second:
+        await first.acquire()
+        holder = subprocess.Popen(  # noqa: ASYNC220 (its output is read in a thread)
+            [sys.executable, "-c", STOPPING_HOLDER, str(path)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert holder.stdout is not None
+            line = await asyncio.to_thread(holder.stdout.readline)
+            assert line.strip() == "stopping"
+            await wait_until(lambda: _state_of(holder.pid) == "T")
+            started = time.monotonic()
+            grants: list[int] = []
+
+            async def take(budget: FileBudget, count: int) -> None:
+                for _ in range(count):
+                    await budget.acquire()
+                    grants.append(budget.last_grant_us)
+
+            await asyncio.gather(take(first, RATE), take(second, RATE))
+            held_up = time.monotonic() - started
+            holder.send_signal(signal.SIGCONT)
+            await asyncio.to_thread(holder.communicate, timeout=30)
+        finally:
+            holder.kill()
+            logging.getLogger("styldod_batch.budget").removeHandler(messages)
+    assert held_up < STUCK_AFTER_S + 3.5  # 2 windows of grants after the take-over
+    told = [m for m in messages.lines if "taking it over" in m]
+    assert told and f"process {holder.pid} (stopped)" in told[0], messages.lines
+    assert most_in_window([t / US for t in grants], 1.0 + WINDOW_MARGIN_S) <= RATE
+    assert held_up >= STUCK_AFTER_S  # it did hold them up, for a while
+
+
+def test_a_step_held_up_while_the_file_was_taken_over_grants_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stopped process, once it goes on, finishes its step on a file that was taken over
+    meanwhile: that answer is not a grant (the others no longer see its record)."""
+    path = tmp_path / "b" / "k.budget"
+    budget = FileBudget(path, RATE)
+    budget._fd = budget._open_file()
+
+    def step_while_taken_over(*args: Any, **kwargs: Any) -> Any:
+        reply = step(*args, **kwargs)
+        replacement = path.with_name("replacement")  # what a take-over renames into place
+        replacement.write_bytes(path.read_bytes())
+        replacement.replace(path)
+        return reply
+
+    with monkeypatch.context() as patch:
+        patch.setattr("styldod_batch.budget.on_file.step", step_while_taken_over)
+        with pytest.raises(OSError, match="taken over while this step was held up"):
+            budget._locked_step(RESERVE, "m1", 0, False, False, 0)
+    reply = budget._locked_step(RESERVE, "m2", 0, False, False, 0)  # on the new file
+    assert reply.status == GRANTED
+    asyncio.run(budget._disconnect())
+
+
+class ListHandler(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def _state_of(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "?"

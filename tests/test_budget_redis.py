@@ -4,15 +4,26 @@ send real requests to a recording server (the workers and checks of ``test_budge
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import (
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+)
 
 from styldod_batch.budget import sent_trace
-from styldod_batch.budget_redis import RedisBudget, redact_url
+from styldod_batch.budget.on_redis import (
+    RedisBudget,
+    RedisBusy,
+    classify_response_error,
+    redact_url,
+)
 from styldod_batch.errors import ConfigurationError
 from styldod_batch.sandbox.requestlog import most_in_window
 from tests.servers import RedisServer
@@ -30,12 +41,11 @@ from tests.test_budget_file import (
     workers,
 )
 
-BASE_URL = "https://orderapi.styldod.com"
 API_KEY = "test-key-shared"  # spec_for's: the workers share this key's budget
 
 
 def budget_for(url: str, *, api_key: str = API_KEY, rate: float = RATE) -> RedisBudget:
-    return RedisBudget(url, rate, base_url=BASE_URL, api_key=api_key)
+    return RedisBudget(url, rate, api_key=api_key)
 
 
 async def warm_up(url: str) -> None:
@@ -262,3 +272,89 @@ async def test_a_request_that_leaves_late_has_its_grant_restamped(
         assert float(log[0][1]) - granted_us >= 55_000
     finally:
         await client.aclose()
+
+
+async def _waits_then_resumes(budget: RedisBudget, clear: Callable[[], Awaitable[object]]) -> None:
+    waiter = asyncio.create_task(budget.acquire())
+    await wait_until(lambda: budget.coordinator_errors >= 2)
+    assert not waiter.done()  # fail closed, and no traceback: it waits
+    await clear()
+    await asyncio.wait_for(waiter, 30)
+
+
+async def test_a_redis_that_is_busy_full_or_read_only_is_waited_for(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """BUSY (a long script) and READONLY (a replica) are states that pass: the budget sends
+    nothing, says so in one line, and goes on when they pass. (Each ended the run with a
+    traceback.) MISCONF and OOM are classified by ``test_passing_states_are_transient``:
+    a script that has written once may write on under OOM, so Redis lets this one run.)"""
+    admin = aioredis.Redis.from_url(redis_server.url)
+    async with budget_for(redis_server.url) as budget:
+        await budget.acquire()
+
+        # READONLY: the server became a replica (of nobody reachable).
+        await admin.replicaof("127.0.0.1", "1")
+        await _waits_then_resumes(budget, lambda: admin.replicaof("NO", "ONE"))
+
+        # BUSY: another client's script holds the server.
+        await admin.config_set("busy-reply-threshold", "50")
+        blocker = aioredis.Redis.from_url(redis_server.url)
+        spin = asyncio.ensure_future(blocker.eval("while true do end", 0))
+        await asyncio.sleep(0.2)
+        killer = aioredis.Redis.from_url(redis_server.url)
+        await _waits_then_resumes(budget, lambda: killer.script_kill())
+        with contextlib.suppress(Exception):
+            await spin
+        for client in (blocker, killer):
+            await client.aclose()
+    await admin.aclose()
+    said = [r.getMessage() for r in caplog.records if "not ready" in r.getMessage()]
+    assert any("read only" in m for m in said) and any("BUSY" in m for m in said), said
+    assert all(r.exc_info is None for r in caplog.records)
+
+
+async def test_a_redis_that_refuses_the_script_is_one_clear_line(
+    redis_server: RedisServer,
+) -> None:
+    """An error reply that is not a passing state (here an ACL user without EVALSHA) is
+    misuse: one ConfigurationError naming Redis and its words."""
+    admin = aioredis.Redis.from_url(redis_server.url)
+    await admin.acl_setuser(
+        "noscript",
+        enabled=True,
+        passwords=["+pw"],
+        keys=["*"],
+        commands=["+@all", "-evalsha", "-eval"],
+    )
+    url = redis_server.url.replace("redis://", "redis://noscript:pw@")
+    budget = budget_for(url)
+    with pytest.raises(ConfigurationError) as caught:
+        async with budget:
+            await budget.acquire()
+    assert "NOPERM" in str(caught.value) or "permission" in str(caught.value).lower()
+    assert "pw@" not in str(caught.value)
+    await admin.aclose()
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "MISCONF Redis is configured to save RDB snapshots, but it's currently unable to persist",
+        "BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE.",
+        "OOM command not allowed when used memory > 'maxmemory'.",
+        "READONLY You can't write against a read only replica.",
+        "LOADING Redis is loading the dataset in memory",
+        "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.",
+    ],
+)
+def test_passing_states_are_transient(reply: str) -> None:
+    classified = classify_response_error(ResponseError(reply), "Redis at x")
+    assert isinstance(classified, RedisBusy)
+    code, message = reply.split(" ", 1)
+    mapped: dict[str, type[ResponseError]] = {"OOM": OutOfMemoryError, "READONLY": ReadOnlyError}
+    if code in mapped:  # as redis-py raises it: its own class, the code stripped
+        assert isinstance(classify_response_error(mapped[code](message), "R"), RedisBusy)
+    assert isinstance(classified, RedisBudget._transient)
+    misuse = classify_response_error(ResponseError("WRONGTYPE Operation against a key"), "R")
+    assert isinstance(misuse, ConfigurationError)

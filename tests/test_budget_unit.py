@@ -101,13 +101,30 @@ async def test_the_pause_a_server_asks_for_is_capped_and_garbage_is_no_pause(
     assert clock.now() - before == pytest.approx(paused)
 
 
-async def test_repeated_429s_never_stop_the_budget() -> None:
+async def test_a_burst_of_429s_halves_the_rate_once() -> None:
+    """The 429s of one burst arrive together: one halving per pause, as every shared budget
+    does (one step function); before, this process's budget halved on each (20 -> 1)."""
     clock = VirtualClock()
     budget = RateBudget(20, clock=clock)
     for _ in range(10):
         budget.slow_down(1.0)
-    assert budget.current_rate == 1.0  # the floor
+    assert budget.rate_limited == 10
+    assert budget.current_rate == pytest.approx(10.0)
     assert budget.pause_remaining_s() == pytest.approx(1.0)
+
+
+async def test_repeated_429s_never_stop_the_budget() -> None:
+    clock = VirtualClock()
+    budget = RateBudget(20, recovery_s=1000.0, clock=clock)
+    for _ in range(10):  # one 429 per pause, each after the last pause ended
+        budget.slow_down(1.0)
+        clock.advance(1.0)
+    assert budget.current_rate == pytest.approx(1.0, abs=0.1)  # the floor
+    budget.slow_down(1.0)
+    assert budget.pause_remaining_s() == pytest.approx(1.0)
+    before = clock.now()
+    await budget.acquire()
+    assert clock.now() - before == pytest.approx(1.0)
 
 
 async def test_a_low_priority_caller_lets_every_waiting_caller_go_first() -> None:

@@ -5,11 +5,13 @@ counts every request of the key, API calls and storage PUTs together."""
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from styldod_batch.identity import key_label
 from styldod_batch.ledger.location import key_fingerprint
 from styldod_batch.sandbox import Sandbox
 from styldod_batch.sandbox.pytest_plugin import SandboxFactory
@@ -46,9 +48,7 @@ def busiest(box: Sandbox) -> str:
 
 
 def key_fingerprint_of(box: Sandbox) -> str:
-    from styldod_batch.sandbox.gateway import key_fingerprint as sandbox_fingerprint
-
-    return sandbox_fingerprint(box.api_key)
+    return key_label(box.api_key)
 
 
 def start_worker(
@@ -158,4 +158,7 @@ async def test_one_machine_no_server_two_processes_share_ledger_and_budget(
     files = await asyncio.to_thread(lambda: sorted(photos.rglob("*.jpg")))
     await assert_each_file_in_one_order(box, files)
     beside = await asyncio.to_thread(lambda: [p.suffix for p in Path(state).iterdir()])
-    assert ".budget" in beside and ".sqlite" in beside
+    assert ".sqlite" in beside
+    # The key's one budget on this machine: in the budget folder, wherever the ledger is.
+    budgets = Path(os.environ["STYLDOD_BUDGET_DIR"])
+    assert await asyncio.to_thread(lambda: [p.suffix for p in budgets.iterdir()]) == [".budget"]

@@ -34,7 +34,7 @@ import aiohttp
 import orjson
 
 from styldod_batch.api import OrderAPIClient, RequestCounters
-from styldod_batch.budget import Budget, RateBudget, open_budget, sent_trace
+from styldod_batch.budget import Budget, local_budget, open_budget, sent_trace
 from styldod_batch.errors import (
     APIError,
     AuthenticationError,
@@ -64,7 +64,6 @@ from styldod_batch.ledger import (
     OrderOutcome,
     OrderRecord,
     Owner,
-    SQLiteLedger,
     open_ledger,
 )
 from styldod_batch.logs import event as log_event
@@ -138,14 +137,14 @@ class Uploader:
         self.global_options = dict(global_options or {})
         self.counters = RequestCounters()
         # This process's budgets until ``async with``, which may share them (``Settings.budget``).
-        self.api_budget: Budget = RateBudget(
+        self.api_budget: Budget = local_budget(
             settings.rps, margin_s=settings.window_margin_s, name="api"
         )
         self.storage_budget: Budget | None = None
         if settings.upload_rps is None:
             self.storage_budget = self.api_budget
         elif settings.upload_rps != 0:
-            self.storage_budget = RateBudget(
+            self.storage_budget = local_budget(
                 settings.upload_rps, margin_s=settings.window_margin_s, name="storage"
             )
         self._session: aiohttp.ClientSession | None = None
@@ -179,7 +178,7 @@ class Uploader:
         if self.settings.dry_run:
             return self
         try:
-            await self._share_budgets(self.ledger)
+            await self._share_budgets()
         except BaseException:
             await self.ledger.close()
             raise
@@ -201,28 +200,19 @@ class Uploader:
         self._file_uploader = FileUploader(self.settings, self.storage_budget, self.counters)
         return self
 
-    async def _share_budgets(self, ledger: Ledger) -> None:
-        """Open the budgets ``Settings.budget`` chooses; by default every process that keeps
-        its ledger in the same folder shares them (through a file there)."""
+    async def _share_budgets(self) -> None:
+        """Open the budgets ``Settings.budget`` chooses; by default every process of this
+        machine that uses the key shares them (a file in ``default_budget_folder()``)."""
         settings = self.settings
-        folder = None
-        if isinstance(ledger, SQLiteLedger):
-            folder = str(ledger.path.parent)
-        elif ledger.durable:  # a server ledger: shared with this machine's other processes
-            from styldod_batch.budget_file import default_budget_folder
-
-            folder = str(default_budget_folder())
 
         async def opened(rate: float, name: str) -> Budget:
             return await open_budget(
                 settings.budget,
                 rate,
                 name=name,
-                base_url=settings.base_url,
                 api_key=settings.api_key,
                 margin_s=settings.window_margin_s,
                 max_pause_s=settings.retry.max_server_wait_s,
-                folder=folder,
             )
 
         self.api_budget = await opened(settings.rps, "api")

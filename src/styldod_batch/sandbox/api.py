@@ -25,8 +25,9 @@ from aiohttp import web
 
 from styldod_batch.contract import OPTION_TYPES, SERVICES
 from styldod_batch.errors import ConfigurationError
+from styldod_batch.identity import key_label
 from styldod_batch.sandbox.config import Faults, KeyConfig, SandboxConfig
-from styldod_batch.sandbox.gateway import STREAM_CHUNK, URLRevocations, key_fingerprint
+from styldod_batch.sandbox.gateway import STREAM_CHUNK, URLRevocations
 from styldod_batch.sandbox.lifecycle import Lifecycle, SandboxImage, SandboxOrder
 from styldod_batch.sandbox.presign import Presigner
 from styldod_batch.sandbox.requestlog import LogEntry, RequestLog
@@ -215,7 +216,7 @@ class OrderAPI:
         if faults.latency_ms:
             await asyncio.sleep(faults.latency_ms / 1000)
         key = self._authenticate(request)
-        entry.key_fingerprint = key_fingerprint(key)
+        entry.key_fingerprint = key_label(key)
         self._check_version(request)
         wait = self.window_wait(key, entry.mono)
         if wait is not None:

@@ -22,12 +22,9 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from styldod_batch.identity import key_label
 from styldod_batch.sandbox.config import Faults
 from styldod_batch.sandbox.requestlog import LogEntry, RequestLog
-
-
-def key_fingerprint(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
 def _chosen(name: str, share: float) -> bool:
@@ -221,7 +218,7 @@ class StorageGateway:
         parts = request.path.split("/", 2)
         key = self.keys.keys_by_object.get(parts[2]) if len(parts) == 3 else None
         if key is not None:
-            entry.key_fingerprint = key_fingerprint(key)
+            entry.key_fingerprint = key_label(key)
         return key
 
     async def _per_key(

@@ -3,10 +3,10 @@
 The 20 requests per second belong to the key, not to a process: N workers with a budget of
 their own each would send N x 20. ``RedisBudget`` has ``RateBudget``'s interface and keeps
 its promise across every process that shares the key: at most ``rate`` grants in any sliding
-window of 1 s + margin, in a steady drip (``budget.drip_interval``). The algorithm (reserve a
-slot in turn, sleep until it, claim it) is described in ``budget_file``; here each step is
-one Lua script, which Redis runs atomically against its own clock (``TIME``), so neither the
-workers' clocks nor their number matter.
+window of 1 s + margin, in a steady drip (``core.drip_interval``). The algorithm (reserve a
+slot in turn, sleep until it, claim it) is described in ``step``; here each step is one
+Lua script, the twin of ``step.step``, which Redis runs atomically against its own clock
+(``TIME``), so neither the workers' clocks nor their number matter.
 
 Why not a token bucket such as ``aiolimiter.AsyncLimiter(rate, 1)``, locally or on Redis:
 a bucket starts full, so ``rate`` requests leave at once and the bucket refills during the
@@ -45,12 +45,13 @@ What the ``redis`` package guarantees, and what it does not, for this promise:
   evict.
 * Keys carry a hash tag (``{...}``), so the script's three keys share one Redis Cluster slot.
 
-Keys are named by the service's base URL (hashed) and the API key's fingerprint, never by
-the key itself.
+Keys are named by the API key's fingerprint (``identity.budget_scope``), never by the key
+itself, and not by the base URL: the 20 requests per second are the key's.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import Redis
@@ -58,166 +59,71 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import (
+    BusyLoadingError,
     ClusterDownError,
+    MasterDownError,
+    MaxClientsReachedError,
     OutOfMemoryError,
     ReadOnlyError,
     RedisError,
+    ResponseError,
     TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from styldod_batch.budget import WINDOW_MARGIN_S
-from styldod_batch.budget_file import Reply, SharedBudget, budget_scope
+from styldod_batch.budget.core import WINDOW_MARGIN_S
+from styldod_batch.budget.shared import SharedBudget
+from styldod_batch.budget.step import Reply
 from styldod_batch.errors import ConfigurationError
+from styldod_batch.identity import budget_scope
 
 DEFAULT_KEY_PREFIX = "styldod-batch:budget"
 
-# The same steps as budget_file.step, in Lua (Redis 6.2+: ZADD GT). Answers WAIT=0,
-# GRANTED=1, DEFER=2 as budget_file does. KEYS: the log of grants and
-# reservations (sorted set: member -> time), the state (hash), the workers with normal
-# callers waiting (sorted set: worker -> expiry). Times are microseconds of Redis's clock.
-# Numbers go to Redis as '%.0f' strings: Lua would print large ones in exponent form.
-LUA = """
-local grants, state, normal = KEYS[1], KEYS[2], KEYS[3]
-local op, worker, member = ARGV[1], ARGV[2], ARGV[3]
-local epoch_arg, low, others = tonumber(ARGV[4]), ARGV[5] == '1', ARGV[6] == '1'
-local retry_after, rate_n = tonumber(ARGV[7]), tonumber(ARGV[8])
-local window, recovery, tolerance = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
-local cold_pause, defer, normal_ttl = tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14])
-local WAIT, GRANTED, DEFER = 0, 1, 2
-local cap = math.max(1, math.floor(rate_n))
+# The same steps as step.step, in Lua (Redis 6.2+: ZADD GT), beside it in the package.
+LUA = (Path(__file__).parent / "step.lua").read_text()
 
-local function n(x) return string.format('%.0f', x) end
 
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-local info = redis.call('INFO', 'server')
-local boot = string.match(info, 'run_id:(%w+)')
-local uptime_us = (tonumber(string.match(info, 'uptime_in_seconds:(%d+)')) or 0) * 1000000
+class RedisBusy(RedisError):
+    """Redis answered with a state that passes (it cannot write its snapshot, a script holds
+    it, it is loading or has no primary): wait and ask again, sending nothing meanwhile."""
 
-local s = redis.call('HMGET', state, 'boot', 'epoch', 'last', 'paused', 'slowed', 'slowed_at',
-                     'limited')
-local epoch, last, paused = tonumber(s[2]) or 0, tonumber(s[3]) or 0, tonumber(s[4]) or 0
-local slowed, slowed_at = tonumber(s[5]) or 0, tonumber(s[6]) or 0
-local limited = tonumber(s[7]) or 0
-local cold = 0  -- 1: the state was lost or foreign, and this step paused one window
-if s[1] ~= boot then
-  -- Written by another server (a restart that kept its data, a failover), or missing just
-  -- after a start: whatever was granted just before is unknown, so wait. Missing on a
-  -- server up for longer than a window: this key granted nothing in the last window.
-  redis.call('DEL', grants, normal)
-  epoch, last, paused, slowed, slowed_at = now, 0, 0, 0, 0
-  if s[1] or uptime_us < window then
-    paused = now + cold_pause
-    cold = 1
-  end
-end
-redis.call('ZREMRANGEBYSCORE', grants, '-inf', n(now - window))
-redis.call('ZREMRANGEBYSCORE', normal, '-inf', n(now))
 
-local function rate_now()
-  if slowed <= 0 or slowed >= rate_n then return rate_n end
-  return math.min(rate_n, slowed + (rate_n - slowed) * (now - slowed_at) / recovery)
-end
-local rate = rate_now()
+# The error replies of a server state that passes.
+_PASSING_STATES = (
+    "MISCONF",  # cannot write its snapshot (stop-writes-on-bgsave-error)
+    "BUSY",  # a long script holds it
+    "LOADING",
+    "READONLY",  # a replica, during a failover
+    "OOM",  # maxmemory with noeviction
+    "MASTERDOWN",
+    "NOREPLICAS",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+)
 
-local function finish(status, wait, at)
-  redis.call('HSET', state, 'boot', boot, 'epoch', n(epoch), 'last', n(last),
-             'paused', n(paused), 'slowed', string.format('%.17g', slowed),
-             'slowed_at', n(slowed_at), 'limited', n(limited))
-  redis.call('PEXPIRE', state, 86400000)
-  local until_ms = math.ceil((math.max(last, paused, now) - now + window) / 1000) + 1000
-  redis.call('PEXPIRE', grants, until_ms)
-  redis.call('PEXPIRE', normal, until_ms + math.ceil(normal_ttl / 1000))
-  return {status, wait, at, epoch, tostring(rate), cold}
-end
 
-local function mark(waiting_until)
-  if waiting_until then
-    redis.call('ZADD', normal, 'GT', n(waiting_until), worker)
-  else
-    redis.call('ZREM', normal, worker)
-  end
-end
+_PASSING_CLASSES = (
+    ReadOnlyError,
+    OutOfMemoryError,
+    BusyLoadingError,
+    TryAgainError,
+    ClusterDownError,
+    MasterDownError,
+)
 
-if op == 'slow' then
-  -- One halving per pause: the 429s of one burst arrive together.
-  if now >= paused then
-    slowed, slowed_at = math.max(rate / 2, math.min(1, rate_n)), now
-  end
-  paused = math.max(paused, now + retry_after)
-  epoch = epoch + 1
-  limited = limited + 1
-  redis.call('ZREMRANGEBYSCORE', grants, '(' .. n(now), '+inf')
-  local top = redis.call('ZRANGE', grants, -1, -1, 'WITHSCORES')
-  last = tonumber(top[2]) or 0
-  rate = rate_now()
-  return finish(GRANTED, 0, 0)
-end
-if op == 'release' then
-  redis.call('ZREM', grants, member)
-  return finish(GRANTED, 0, 0)
-end
-if op == 'restamp' then
-  -- Its request left late: count it from now, never earlier than it was.
-  if redis.call('ZSCORE', grants, member) then redis.call('ZADD', grants, 'GT', n(now), member) end
-  return finish(GRANTED, 0, now)
-end
-if op == 'claim' then
-  local reserved = tonumber(redis.call('ZSCORE', grants, member))
-  if epoch_arg == epoch and reserved then
-    if now < reserved then return finish(WAIT, reserved - now, reserved) end
-    if now - reserved <= tolerance then
-      -- The promise, on the actual times: fewer than the cap others in the window ending now.
-      local recent = redis.call('ZREVRANGEBYSCORE', grants, n(now), '(' .. n(now - window),
-                                'WITHSCORES', 'LIMIT', 0, cap + 1)
-      local seen = 0
-      for i = 1, #recent, 2 do
-        if recent[i] ~= member then
-          seen = seen + 1
-          if seen == cap then
-            local later = tonumber(recent[i + 1]) + window
-            redis.call('ZADD', grants, n(later), member)  -- its lateness counts from there
-            last = math.max(last, later)
-            return finish(WAIT, later - now, later)
-          end
-        end
-      end
-      -- The log gets the actual time; the drip goes on from the slot.
-      redis.call('ZADD', grants, n(now), member)
-      mark(others and now + normal_ttl)
-      return finish(GRANTED, 0, now)
-    end
-  end
-  -- Cancelled by a 429, lost, or too late: never sent, so dropping it is safe.
-  redis.call('ZREM', grants, member)
-end
 
--- Reserve (or a claim that must queue again).
-if low then
-  local mine = redis.call('ZSCORE', normal, worker) and 1 or 0
-  if redis.call('ZCARD', normal) - mine > 0 then return finish(DEFER, defer, 0) end
-end
--- The drip (budget.drip_interval): half of 1 / rate at the full rate, 1 / rate if slowed.
-local drip = 1000000 / rate
-if rate >= rate_n then drip = 500000 / rate_n end
-local t = math.max(now, paused, last + math.ceil(drip))
-local top = redis.call('ZRANGE', grants, -1, -1, 'WITHSCORES')
-if top[2] then t = math.max(t, tonumber(top[2])) end
-if redis.call('ZCARD', grants) >= cap then
-  local nth = redis.call('ZRANGE', grants, -cap, -cap, 'WITHSCORES')
-  t = math.max(t, tonumber(nth[2]) + window)
-end
-redis.call('ZADD', grants, n(t), member)
-last = t
-if t <= now then
-  mark(others and now + normal_ttl)
-  return finish(GRANTED, 0, t)
-end
-if not low then mark(t + normal_ttl) end
-return finish(WAIT, t - now, t)
-"""
+def classify_response_error(exc: ResponseError, where: str) -> Exception:
+    """A passing server state becomes ``RedisBusy`` (the budget waits and says so); any other
+    error reply is misuse of this Redis (an ACL without EVALSHA, a key of another type):
+    one clear line, never a traceback."""
+    first = str(exc).split("\n", 1)[0].strip()
+    # redis-py strips the code of the replies it has a class for (READONLY, OOM, LOADING...).
+    if isinstance(exc, _PASSING_CLASSES) or first.upper().startswith(_PASSING_STATES):
+        return RedisBusy(f"{type(exc).__name__}: {first}"[:160])
+    if isinstance(exc, MaxClientsReachedError):
+        return RedisBusy(first[:120])
+    return ConfigurationError(f"the shared budget's {where} refused its script: {first[:200]}")
 
 
 def redact_url(url: str) -> str:
@@ -239,7 +145,7 @@ def redact_url(url: str) -> str:
 class RedisBudget(SharedBudget):
     """``RateBudget``'s interface, shared through Redis by every worker of one API key.
 
-    ``async with RedisBudget(url, 20, base_url=..., api_key=...) as budget:`` (or ``open()``
+    ``async with RedisBudget(url, 20, api_key=...) as budget:`` (or ``open()``
     and ``close()``); ``open()`` raises ``ConfigurationError`` when Redis does not answer.
     Once open, a Redis that goes away stops the grants (nothing is sent) until it is back.
     """
@@ -251,6 +157,7 @@ class RedisBudget(SharedBudget):
         TryAgainError,
         ClusterDownError,
         OutOfMemoryError,
+        RedisBusy,  # MISCONF, BUSY, MASTERDOWN...: a server state that passes
         OSError,
     )
 
@@ -259,7 +166,6 @@ class RedisBudget(SharedBudget):
         url: str,
         rate: float,
         *,
-        base_url: str,
         api_key: str | None,
         name: str = "api",
         key_prefix: str = DEFAULT_KEY_PREFIX,
@@ -284,19 +190,9 @@ class RedisBudget(SharedBudget):
         # None: no retries by the client (the module docstring says why any would be safe).
         self._client_retry = client_retry
         # The API key itself is not kept: only its fingerprint, inside the scope.
-        self.scope = budget_scope(base_url, api_key, name)
+        self.scope = budget_scope(api_key, name)
         tag = f"{key_prefix}:{{{self.scope}}}"  # one hash tag: one cluster slot for all three
         self.keys = (f"{tag}:grants", f"{tag}:state", f"{tag}:normal")
-        p = self.params
-        self._constants = [
-            repr(p.rate),
-            str(p.window_us),
-            str(p.recovery_us),
-            str(p.tolerance_us),
-            str(p.cold_pause_us),
-            str(p.defer_us),
-            str(p.normal_ttl_us),
-        ]
         self._client: Redis | None = None
         self._script: AsyncScript | None = None
 
@@ -352,7 +248,25 @@ class RedisBudget(SharedBudget):
     ) -> Reply:
         if self._client is None or self._script is None:
             raise RedisConnectionError("the budget is closed")
-        args = [
+        args = self.script_args(op, member, epoch, low, others_waiting, retry_after_us)
+        try:
+            raw = await self._script(keys=list(self.keys), args=args, client=self._client)
+        except ResponseError as exc:
+            raise classify_response_error(exc, self.describe()) from exc
+        return parse_reply(raw)
+
+    def script_args(
+        self,
+        op: str,
+        member: str,
+        epoch: int = 0,
+        low: bool = False,
+        others_waiting: bool = False,
+        retry_after_us: int = 0,
+    ) -> list[str]:
+        """The script's ARGV for one step (a test may append a time, ARGV[15])."""
+        p = self.params
+        return [
             op,
             self.worker,
             member,
@@ -360,13 +274,14 @@ class RedisBudget(SharedBudget):
             "1" if low else "0",
             "1" if others_waiting else "0",
             str(retry_after_us),
-            *self._constants,
+            repr(p.rate),
+            str(p.window_us),
+            str(p.recovery_us),
+            str(p.tolerance_us),
+            str(p.cold_pause_us),
+            str(p.defer_us),
+            str(p.normal_ttl_us),
         ]
-        raw = await self._script(keys=list(self.keys), args=args, client=self._client)
-        status, wait_us, slot_us, new_epoch, rate, cold = raw
-        return Reply(
-            int(status), int(wait_us), int(slot_us), int(new_epoch), float(rate), bool(int(cold))
-        )
 
     async def shared_state(self) -> dict[str, str]:
         """The shared state as Redis holds it (for status reports and tests)."""
@@ -374,6 +289,13 @@ class RedisBudget(SharedBudget):
             raise RuntimeError("the budget is not open")
         raw = await self._client.hgetall(self.keys[1])
         return {_text(k): _text(v) for k, v in raw.items()}
+
+
+def parse_reply(raw: list[bytes | int | str]) -> Reply:
+    status, wait_us, slot_us, new_epoch, rate, cold = raw
+    return Reply(
+        int(status), int(wait_us), int(slot_us), int(new_epoch), float(rate), bool(int(cold))
+    )
 
 
 def _text(value: bytes | str) -> str:
