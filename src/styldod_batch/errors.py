@@ -4,6 +4,13 @@
  ├─ ``RunAborted``              the run stopped as a whole; carries its ``cause`` and the
  │                              ``report`` of what was done
  ├─ ``ConfigurationError``      bad settings or arguments; nothing was sent (exit 2)
+ │   └─ ``LedgerError``         the ledger cannot be used as it is: another account's,
+ │       │                      corrupt (by an integrity check), a role without privileges
+ │       └─ ``LedgerFailure``   the ledger could not record what the run did (full disk,
+ │           │                  busy or away too long, a write that failed): the run stops
+ │           │                  and names what was not recorded (exit 5, never 2)
+ │           ├─ ``LedgerFull``  no space left for the ledger
+ │           └─ ``LedgerUnavailable`` locked or unreachable for longer than its bound
  ├─ ``InputError``              one input file cannot be used; the batch goes on
  ├─ ``NetworkError``            no (valid) HTTP answer: refused, reset, timed out: retryable
  │   └─ ``ServiceUnreachable``  the API never answered this run at all (exit 4)
@@ -56,6 +63,24 @@ class StyldodError(Exception):
 
 class ConfigurationError(StyldodError):
     """Settings or arguments are invalid; raised before anything is sent."""
+
+
+class LedgerError(ConfigurationError):
+    """The ledger cannot be used as it is (corrupt, or another account's)."""
+
+
+class LedgerFailure(LedgerError):
+    """The ledger could not record what the run did: the run stops, naming what was not
+    recorded. A ``LedgerError`` so that whatever stops a run on a broken ledger stops it on
+    this too; the command line exits 5 for it, not 2 (nothing is wrong with the arguments)."""
+
+
+class LedgerFull(LedgerFailure):
+    """No space left on the device that holds the ledger."""
+
+
+class LedgerUnavailable(LedgerFailure):
+    """The ledger stayed locked (another process) or unreachable (its server) past the bound."""
 
 
 class InputError(StyldodError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from styldod_batch.errors import LedgerFailure, LedgerFull, LedgerUnavailable
 from styldod_batch.ledger.location import default_state_dir, ledger_file, ledgers_in
 from styldod_batch.ledger.null import NullLedger
 from styldod_batch.ledger.owner import Owner
@@ -35,6 +36,9 @@ __all__ = [
     "ImageRecord",
     "Ledger",
     "LedgerError",
+    "LedgerFailure",
+    "LedgerFull",
+    "LedgerUnavailable",
     "Listing",
     "ListingView",
     "NullLedger",
@@ -76,8 +80,8 @@ async def open_ledger(settings: Settings, *, read_only: bool = False) -> Ledger:
             force=settings.force_state,
         )
     path = ledger_path(settings)
-    if read_only and not path.exists():
-        return NullLedger()
+    if read_only and (not path.exists() or path.stat().st_size == 0):
+        return NullLedger()  # (an empty file: another run is creating it this moment)
     return await SQLiteLedger.open(
         path,
         base_url=settings.base_url,

@@ -11,27 +11,16 @@ whose path carries a secret token.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from styldod_batch.identity import account_id as account_id
+from styldod_batch.identity import key_fingerprint as key_fingerprint
+
 LEDGER_SUFFIX = ".sqlite"
 _FOLDER_MODE = 0o700
 _FILE_MODE = 0o600
-
-
-def key_fingerprint(api_key: str | None) -> str:
-    """Identifies a key without revealing it."""
-    if not api_key:
-        return ""
-    return hashlib.sha256(b"styldod-batch:" + api_key.encode()).hexdigest()[:16]
-
-
-def account_id(base_url: str, api_key: str | None) -> str:
-    """A short stable name for an account: its base URL and key fingerprint."""
-    account = f"{base_url.rstrip('/')}\0{key_fingerprint(api_key)}"
-    return hashlib.sha256(account.encode()).hexdigest()[:16]
 
 
 def default_state_dir(environ: Mapping[str, str] | None = None) -> Path:

@@ -7,12 +7,15 @@ from typing import Any, Literal
 
 import orjson
 
-from styldod_batch.errors import ConfigurationError, StyldodError
+from styldod_batch.errors import LedgerError as LedgerError  # its old address
+from styldod_batch.errors import StyldodError
 from styldod_batch.status import is_final_status
 
 # sent: the request may have reached the service (outcome unknown until a reply)
 # created: the service returned its orderID
-# refused: a definite refusal (a 4xx other than 409 and 429): its images are free again
+# refused: a definite refusal (a 4xx other than 409 and 429 to the first try of its key; after
+#   a try that may have reached the service, a 4xx leaves it sent), or released by hand
+#   (``styldod-batch release``): its images are free again
 # conflict: 409, the key was seen with another body; never re-created under a new key
 OrderState = Literal["sent", "created", "refused", "conflict"]
 LIVE_ORDER_STATES: frozenset[str] = frozenset({"sent", "created", "conflict"})
@@ -21,10 +24,6 @@ LIVE_ORDER_STATES: frozenset[str] = frozenset({"sent", "created", "conflict"})
 # late: first seen after its listing was ordered, with follow-up orders turned off
 # changed: its content differs from what its order holds
 ImageState = Literal["uploaded", "ordered", "failed", "late", "changed"]
-
-
-class LedgerError(ConfigurationError):
-    """The ledger cannot be used as it is (corrupt, or another account's)."""
 
 
 class ClaimLost(StyldodError):

@@ -1,14 +1,19 @@
 """The ledger's storage interface: what the engine asks of a backend, and nothing more.
 
-SQLite (``sqlite.py``) is the embedded default; ``NullLedger`` (``null.py``) keeps nothing, for
-runs that opt out; a server backend (PostgreSQL) implements the same methods. The contract a
+SQLite (``sqlite.py``) is the embedded default, PostgreSQL (``postgres.py``) the shared one:
+both are ``core.SQLLedger``, one set of statements over a dialect. ``NullLedger`` (``null.py``)
+keeps nothing, for runs that opt out. The contract a
 backend keeps:
 
 * ``claim`` is atomic: one run at a time holds a listing, until it releases it, its lease
   (renewed by ``renew``) runs out, or its process is known to be gone.
 * ``write_order_ahead`` is durable before it returns, and refuses (``ClaimLost``) unless every
   listing of the order is still claimed by the caller; one image content is in at most one
-  live order.
+  live order (``in_live_orders`` says which are, before an order is drafted).
+* ``next_batch(None)`` claims a number atomically: two runs never get the same ``batch-N``.
+* A write that fails fails alone, and is named by ``flush`` and ``close``; a ledger that can
+  record nothing more (full, away too long, its writer dead) raises ``LedgerFailure`` at the
+  next call.
 * Methods without ``async`` queue their write; it is durable within a fraction of a second, and
   before any later ``async`` method returns.
 """
@@ -18,6 +23,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any
 
+from styldod_batch.errors import LedgerError
 from styldod_batch.ledger.owner import Owner
 from styldod_batch.ledger.records import (
     Held,
@@ -25,6 +31,7 @@ from styldod_batch.ledger.records import (
     Listing,
     ListingView,
     OrderDraft,
+    OrderItem,
     OrderOutcome,
     OrderRecord,
 )
@@ -72,6 +79,11 @@ class Ledger(ABC):
     async def next_batch(self, listing_id: int | None) -> int:
         """The batch number of a listing's next orders (``None``: fixed-size batches)."""
 
+    async def in_live_orders(self, items: list[OrderItem]) -> list[OrderItem]:
+        """Those of ``items`` whose very content is already in a live order (an image that
+        went A -> B -> A): a new order leaves them out, and reports them."""
+        return []
+
     @abstractmethod
     async def write_order_ahead(self, owner: Owner, draft: OrderDraft) -> int:
         """Record the order, its key, its exact body and its images before the first send;
@@ -79,6 +91,11 @@ class Ledger(ABC):
 
     @abstractmethod
     def settle_order(self, ref: int, outcome: OrderOutcome) -> None: ...
+
+    async def release_order(self, which: str) -> OrderRecord:
+        """Give up an order of unknown outcome (by Idempotency-Key or name): its images are
+        free again (``styldod-batch release``)."""
+        raise LedgerError(f"{self.location}: this ledger keeps no orders")
 
     # -- lifecycle ---------------------------------------------------------------------------
 
