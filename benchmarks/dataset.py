@@ -44,11 +44,18 @@ class FileSet:
 
 
 def _write_random(path: Path, size: int, rng: random.Random) -> None:
+    """Random bytes framed as a JPEG (its magic number and end marker), so that the content
+    check takes them for one."""
     with path.open("wb") as handle:
         remaining = size
         while remaining > 0:
             step = min(WRITE_CHUNK, remaining)
-            handle.write(rng.randbytes(step))
+            chunk = bytearray(rng.randbytes(step))
+            if remaining == size and step >= 4:
+                chunk[:4] = b"\xff\xd8\xff\xe0"
+            if remaining == step and size >= 6:
+                chunk[-2:] = b"\xff\xd9"
+            handle.write(chunk)
             remaining -= step
 
 
@@ -68,7 +75,8 @@ def make_files(root: Path, *, count: int, size: int, folders: int = 0, seed: int
 
 
 def make_tiny_files(root: Path, *, count: int, folders: int) -> FileSet:
-    """Many one-byte files (the scanner refuses empty ones), for the planning workload."""
+    """Many six-byte files framed as JPEGs (the scanner refuses empty ones, the content
+    check anything else), for the planning workload."""
     files = []
     per_folder = -(-count // folders)
     for folder in range(folders):
@@ -78,10 +86,10 @@ def make_tiny_files(root: Path, *, count: int, folders: int) -> FileSet:
             name = f"img{index:07d}.jpg"
             fd = os.open(directory / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
-                os.write(fd, b"x")
+                os.write(fd, b"\xff\xd8\xff\xe0\xff\xd9")
             finally:
                 os.close(fd)
-            files.append((f"{directory.name}/{name}", 1))
+            files.append((f"{directory.name}/{name}", 6))
     return FileSet(root, tuple(files))
 
 
@@ -91,7 +99,10 @@ def make_sparse_files(root: Path, *, count: int, size: int) -> FileSet:
     for index in range(count):
         name = f"large{index:03d}.jpg"
         with (root / name).open("wb") as handle:
-            handle.truncate(size)
+            handle.truncate(size)  # sparse, framed as a JPEG for the content check
+            handle.write(b"\xff\xd8\xff\xe0")
+            handle.seek(size - 2)
+            handle.write(b"\xff\xd9")
         files.append((name, size))
     return FileSet(root, tuple(files))
 

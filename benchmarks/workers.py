@@ -5,7 +5,8 @@ Redis rate budget and a PostgreSQL ledger.
 
 Every worker is given the whole tree; the ledger's claims split the listings between them.
 The sandbox (its own process) counts every request of the key, API calls and storage PUTs
-together (``--limit-storage``), so what it logs is the combined rate the workers reach. For
+together (``--limit-storage``; the workers run with ``--share-api-budget``, the old pace
+in which PUTs take the API's budget), so what it logs is the combined rate they reach. For
 each worker count: wall time against the bound (requests that reached the server / 20), the
 combined utilisation of the limit, the busiest one-second window, and the 429s.
 Writes ``benchmarks/results/workers.{json,md}``.
@@ -80,6 +81,8 @@ async def one_round(workers: int, job: Path, scratch: Path) -> dict[str, Any]:
         processes = [
             await asyncio.create_subprocess_exec(
                 *(sys.executable, "-m", "styldod_batch", "upload", str(job), "--json", "-q"),
+                # The combined window is the point here: PUTs take the API's budget too.
+                "--share-api-budget",
                 env=env,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,

@@ -16,7 +16,7 @@ from styldod_batch.orders import effective_options
 from styldod_batch.sandbox import Faults, KeyConfig
 from styldod_batch.sandbox.pytest_plugin import SandboxFactory
 from styldod_batch.settings import Settings
-from tests.helpers import make_tree, stored_puts
+from tests.helpers import image_bytes, make_tree, stored_puts
 
 FAST = {"rps": 400.0, "upload_rps": 0.0}
 
@@ -47,9 +47,9 @@ async def test_rate_limited_job_uploads_each_image_once_in_one_of_20_orders_with
     assert all(len(o.images) == 50 for o in orders)
     assert sandbox.log.select(status=429) == []
     assert report.requests.rate_limited == 0
-    # The client's own promise: no more than 20 requests of any kind in one second, API
-    # calls and storage PUTs counted together (the server itself counts API calls only).
-    assert sandbox.log.max_in_window(("api", "storage")) <= 20
+    # The client's own promise: no more than 20 API calls in one second (PUTs go to
+    # storage, which the API's limit does not count: by default they are not paced by it).
+    assert sandbox.log.max_in_window(("api",)) <= 20
     # Every request the report counts reached the server, and nothing else did.
     assert report.requests.api == len(sandbox.log.select(kind="api"))
     assert report.requests.storage == len(sandbox.log.select(kind="storage"))
@@ -167,7 +167,7 @@ async def test_order_options_sequence_and_webhook_are_passed_on(
     folder = tmp_path / "listing-7"
     folder.mkdir()
     for name in ("img10.jpg", "img2.jpg", "img1.jpg"):
-        (folder / name).write_bytes(os.urandom(512))
+        (folder / name).write_bytes(image_bytes(512))
     sandbox = await sandbox_factory(keys={"sandbox-key": KeyConfig(options={"style": "modern"})})
     settings = settings_for(
         sandbox.base_url,
@@ -246,9 +246,9 @@ async def test_a_file_that_changes_size_during_its_upload_fails_alone(
     sandbox_factory: SandboxFactory, tmp_path: Path
 ) -> None:
     small, large, steady = tmp_path / "small.jpg", tmp_path / "large.jpg", tmp_path / "ok.jpg"
-    small.write_bytes(os.urandom(1000))
-    large.write_bytes(os.urandom(3 * 1024 * 1024))
-    steady.write_bytes(os.urandom(1000))
+    small.write_bytes(image_bytes(1000))
+    large.write_bytes(image_bytes(3 * 1024 * 1024))
+    steady.write_bytes(image_bytes(1000))
 
     async def items() -> AsyncIterator[ImageItem]:
         for path in (small, large, steady):
@@ -262,7 +262,7 @@ async def test_a_file_that_changes_size_during_its_upload_fails_alone(
                 group="g",
             )
         # Both change after they were listed, before they are read.
-        small.write_bytes(os.urandom(1500))
+        small.write_bytes(image_bytes(1500))
         with large.open("ab") as handle:
             handle.write(b"more")
 

@@ -15,7 +15,7 @@ from styldod_batch import Settings
 from styldod_batch.errors import ConfigurationError
 from styldod_batch.sandbox import Sandbox
 from styldod_batch.sandbox.pytest_plugin import SandboxFactory
-from tests.helpers import REPO, json_report, make_tree, run_cli
+from tests.helpers import REPO, image_bytes, json_report, make_tree, run_cli
 
 
 def env_for(box: Sandbox) -> dict[str, str]:
@@ -33,7 +33,8 @@ async def test_a_link_out_of_the_tree_is_skipped_unless_asked(
     make_tree(photos, folders=1, files=2, size=1000)
     secret = tmp_path / "secrets" / "id_rsa"
     secret.parent.mkdir()
-    secret.write_bytes(b"PRIVATE KEY " * 1000)
+    # Framed as a JPEG: what keeps it out is the link rule, not the content check.
+    secret.write_bytes(b"\xff\xd8\xff\xe0" + b"PRIVATE KEY " * 1000 + b"\xff\xd9")
     link = photos / "listing-01" / "photo.jpg"
     link.symlink_to(secret)
     inside = photos / "listing-01" / "again.jpg"  # a link within the tree is followed
@@ -73,7 +74,7 @@ async def test_a_name_that_is_not_utf8_fails_alone_and_is_named(
     make_tree(photos, folders=2, files=2, size=500)
     bad = os.fsencode(photos / "listing-01") + b"/caf\xe9.jpg"
     descriptor = os.open(bad, os.O_CREAT | os.O_WRONLY, 0o644)
-    os.write(descriptor, os.urandom(500))
+    os.write(descriptor, image_bytes(500))
     os.close(descriptor)
     box = await sandbox_factory(rps=1000)
 

@@ -59,7 +59,10 @@ def test_an_empty_job_file_sets_nothing(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ('colour = "blue"\n', r"job\.toml: unknown key 'colour'; accepted: api_version"),
+        (
+            'colour = "blue"\n',
+            r"job\.toml: unknown key 'colour'; accepted: .*api_version, base_url",
+        ),
         ("order-size = 20\n", r"job\.toml: unknown key 'order-size' \(did you mean 'order_size'"),
         ("[grouping]\norder_size = 20\n", r"job\.toml: unknown key 'grouping'"),
     ],
@@ -80,7 +83,10 @@ def test_an_unknown_key_is_refused_naming_file_and_key(
         ("concurrency = [4]\n", r"job\.toml: concurrency must be an integer, not an array"),
         ("webhook_url = 3\n", r"job\.toml: webhook_url must be a string, not 3"),
         ('options = "basic"\n', r"job\.toml: options must be a table"),
-        ('[options]\nbasic_editing = "yes"\n', r"job\.toml: options\.basic_editing: must be a b"),
+        ('[options]\nbasic_editing = "maybe"\n', r"job\.toml: options\.basic_editing: must be a b"),
+        ('wait = "maybe"\n', r"job\.toml: wait must be a boolean, not the string 'maybe'"),
+        ("max_images = 0\n", r"job\.toml: max_images must be at least 1, not 0"),
+        ('log_format = "xml"\n', r"job\.toml: log_format must be 'text' or 'json', not 'xml'"),
         ('[options]\nservice = "painting"\n', r"options\.service: unknown service 'painting'"),
         ("[options]\nimage_urls = []\n", r"options\.image_urls: set by the uploader"),
         ("order_size = 500\n", r"job\.toml: order_size must be between 1 and 100"),
@@ -144,3 +150,72 @@ def test_options_merge_name_by_name_with_the_flags_on_top(tmp_path: Path) -> Non
     }
     assert merge_settings({}, flags)["options"] == flags["options"]
     assert merge_settings(job, {"options": None})["options"] == job["options"]
+
+
+def test_booleans_in_a_job_file_take_any_case_yes_no_and_1_0(tmp_path: Path) -> None:
+    text = """
+dry_run = "TRUE"
+follow_symlinks = "yes"
+reorder_changed = 1
+ledger = "False"
+wait = "no"
+
+[options]
+basic_editing = "TRUE"
+"""
+    values = load_job_file(write(tmp_path, text))
+
+    assert values == {
+        "dry_run": True,
+        "follow_symlinks": True,
+        "reorder_changed": True,
+        "ledger": False,
+        "wait": False,
+        "options": {"basic_editing": True},
+    }
+    assert load_job_file(write(tmp_path, '[options]\nbasic_editing = "no"\n'))["options"] == {
+        "basic_editing": False
+    }
+
+
+def test_the_runners_own_settings_are_job_file_keys(tmp_path: Path) -> None:
+    text = """
+max_images = 500
+wait = true
+wait_timeout = 60
+download = "edited"
+listen = "127.0.0.1:8080"
+strict_options = true
+"""
+    values = load_job_file(write(tmp_path, text))
+
+    assert values == {
+        "max_images": 500,
+        "wait": True,
+        "wait_timeout": 60.0,
+        "download": Path("edited"),
+        "listen": ("127.0.0.1", 8080),
+        "strict_options": True,
+    }
+
+
+def test_an_unknown_option_name_warns_with_the_nearest_and_strict_refuses(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write(tmp_path, '[options]\nbasic_edting = true\nx_house_code = "warm"\n')
+
+    with caplog.at_level("WARNING", logger="styldod_batch"):
+        values = load_job_file(path)
+
+    assert values["options"] == {"basic_edting": True, "x_house_code": "warm"}
+    warnings = [r.getMessage() for r in caplog.records]
+    assert any(
+        "[options]: unknown option 'basic_edting' (did you mean 'basic_editing'?)" in w
+        for w in warnings
+    ), warnings
+    assert any("unknown option 'x_house_code' (known: basic_editing" in w for w in warnings)
+    with pytest.raises(ConfigurationError, match=r"unknown option 'basic_edting'.*strict"):
+        load_job_file(path, strict_options=True)
+    strict_in_file = write(tmp_path, "strict_options = true\n[options]\nbasic_edting = true\n")
+    with pytest.raises(ConfigurationError, match=r"did you mean 'basic_editing'"):
+        load_job_file(strict_in_file)

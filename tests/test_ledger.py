@@ -26,6 +26,7 @@ from tests.helpers import (
     REPO,
     assert_each_file_in_one_order,
     assert_one_key_per_order,
+    image_bytes,
     json_report,
     make_tree,
     run_cli,
@@ -71,7 +72,7 @@ async def test_a_late_photo_goes_into_a_named_follow_up_order(
     first = await upload(box, photos)
     assert first.returncode == 0, first.stderr
 
-    (photos / "listing-01" / "photo-9.jpg").write_bytes(os.urandom(900))
+    (photos / "listing-01" / "photo-9.jpg").write_bytes(image_bytes(900))
     again = await upload(box, photos)
 
     assert again.returncode == 0, again.stderr
@@ -98,7 +99,7 @@ async def test_without_follow_ups_late_photos_are_named_not_ordered(
     box = await sandbox_factory(rps=1000)
     assert (await upload(box, photos)).returncode == 0
     late = photos / "listing-02" / "photo-7.jpg"
-    late.write_bytes(os.urandom(800))
+    late.write_bytes(image_bytes(800))
 
     completed = await upload(box, photos, "--no-follow-up")
 
@@ -135,7 +136,7 @@ async def test_a_changed_photo_is_reported_and_reordered_only_when_asked(
     touched = photos / "listing-01" / "photo-1.jpg"
     os.utime(touched, ns=(1, 1))  # a new time, the same bytes: not a change
     edited = photos / "listing-01" / "photo-2.jpg"
-    edited.write_bytes(os.urandom(700))
+    edited.write_bytes(image_bytes(700))
 
     completed = await upload(box, photos)
 
@@ -363,13 +364,13 @@ async def test_names_come_from_the_listing_folder_alone(
 ) -> None:
     photos = tmp_path / "photos"
     (photos / "12 Oak St").mkdir(parents=True)
-    (photos / "12 Oak St" / "IMG_1.jpg").write_bytes(os.urandom(300))
+    (photos / "12 Oak St" / "IMG_1.jpg").write_bytes(image_bytes(300))
     (photos / "Maple Ave 7" / "drone").mkdir(parents=True)
-    (photos / "Maple Ave 7" / "front.jpg").write_bytes(os.urandom(300))
-    (photos / "Maple Ave 7" / "drone" / "aerial1.jpg").write_bytes(os.urandom(300))
+    (photos / "Maple Ave 7" / "front.jpg").write_bytes(image_bytes(300))
+    (photos / "Maple Ave 7" / "drone" / "aerial1.jpg").write_bytes(image_bytes(300))
     other = tmp_path / "elsewhere" / "12 Oak St"  # another folder of the same name
     other.mkdir(parents=True)
-    (other / "IMG_1.jpg").write_bytes(os.urandom(300))
+    (other / "IMG_1.jpg").write_bytes(image_bytes(300))
     box = await sandbox_factory(rps=1000)
 
     # Overlapping inputs, the same folder twice, a folder of the same name elsewhere.
@@ -408,7 +409,7 @@ async def test_a_dry_run_reads_the_ledger(sandbox_factory: SandboxFactory, tmp_p
     make_tree(photos, folders=2, files=3, size=500)
     box = await sandbox_factory(rps=1000)
     assert (await upload(box, photos)).returncode == 0
-    (photos / "listing-02" / "photo-8.jpg").write_bytes(os.urandom(600))
+    (photos / "listing-02" / "photo-8.jpg").write_bytes(image_bytes(600))
     requests = len(box.log)
 
     planned = await upload(box, photos, "--dry-run")
@@ -435,7 +436,7 @@ async def test_another_listen_port_is_the_same_job(
 
     first = await upload(box, photos, "--listen", "127.0.0.1:0", "--wait-timeout", "60")
     photo = photos / "listing-01" / "photo-5.jpg"
-    photo.write_bytes(os.urandom(500))
+    photo.write_bytes(image_bytes(500))
     second = await upload(box, photos, "--listen", "127.0.0.1:0", "--wait-timeout", "60")
 
     assert first.returncode == 0, first.stderr

@@ -14,7 +14,7 @@ from styldod_batch.ledger import SQLiteLedger
 from styldod_batch.sandbox import Sandbox
 from styldod_batch.sandbox.pytest_plugin import SandboxFactory
 from styldod_batch.webhooks import WebhookReceiver
-from tests.helpers import json_report, make_tree, run_cli
+from tests.helpers import image_bytes, json_report, make_tree, run_cli
 
 
 class FlakyForwarder:
@@ -241,7 +241,7 @@ async def test_an_image_marked_as_error_is_reported_with_exit_status_1(
     sandbox_factory: SandboxFactory, tmp_path: Path
 ) -> None:
     make_tree(tmp_path / "job", folders=1, files=3, size=1000)
-    (tmp_path / "job" / "listing-01" / "error-kitchen.jpg").write_bytes(b"x" * 500)
+    (tmp_path / "job" / "listing-01" / "error-kitchen.jpg").write_bytes(image_bytes(500))
     box: Sandbox = await sandbox_factory(rps=1000)
     completed = await asyncio.to_thread(
         run_cli,

@@ -218,8 +218,8 @@ CSV_PROBLEMS = [
     ("path,sequence\na.jpg,-2\n", (2, "sequence", "must be a positive integer, not '-2'")),
     ("path,options\na.jpg,{bad\n", (2, "options", "not a JSON object: ")),
     ("path,options\na.jpg,[1]\n", (2, "options", "must be a JSON object, not [1]")),
-    ("path,basic_editing\na.jpg,yes\n", (2, "basic_editing", "must be a boolean (true or fal")),
-    ("path,basic_editing\na.jpg,1\n", (2, "basic_editing", "must be a boolean (true or false)")),
+    ("path,basic_editing\na.jpg,maybe\n", (2, "basic_editing", "must be a boolean (true or f")),
+    ("path,basic_editing\na.jpg,2\n", (2, "basic_editing", "must be a boolean (true or false)")),
     ("path,service\na.jpg,painting\n", (2, "service", "unknown service 'painting' (one of")),
     ("path,image_urls\na.jpg,[]\n", (2, "image_urls", "set by the uploader itself")),
     (
@@ -346,7 +346,7 @@ def test_validation_reports_every_problem_of_the_manifest_together(tmp_path: Pat
         L1/missing.jpg,,L1,
         L1/b.jpg,b-again,L1,
         L1/b.jpg,L1/a.jpg,L1,
-        L2/c.jpg,,L2,yes
+        L2/c.jpg,,L2,maybe
         L2/empty.jpg,,L2,
         L2/notes.txt,,L2,
         L2/folder.jpg,,L2,
@@ -361,7 +361,7 @@ def test_validation_reports_every_problem_of_the_manifest_together(tmp_path: Pat
         f"{path}:4: path: no such file: {tmp_path / 'L1/missing.jpg'}",
         f"{path}:5: path: this file is already listed in this order (line 3)",
         f"{path}:6: client_image_id: 'L1/a.jpg' is already used in this order (line 2)",
-        f'{path}:7: basic_editing: must be a boolean (true or false), not "yes"',
+        f'{path}:7: basic_editing: must be a boolean (true or false), not "maybe"',
         f"{path}:8: path: empty file: {tmp_path / 'L2/empty.jpg'}",
         f"{path}:9: path: not an image type the API accepts "
         f"(.heic, .heif, .jpe, .jpeg, .jpg, .png, .tif, .tiff, .webp): {tmp_path / 'L2/notes.txt'}",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 
 import aiohttp
@@ -11,7 +10,7 @@ import orjson
 
 from styldod_batch.sandbox import KeyConfig
 from styldod_batch.sandbox.pytest_plugin import SandboxFactory
-from tests.helpers import json_report, run_cli
+from tests.helpers import image_bytes, json_report, run_cli
 
 GLOBAL = {"basic_editing": True, "notes": "house default", "style": "classic"}
 
@@ -22,7 +21,7 @@ def write_manifest(root: Path) -> Path:
         for index in range(1, 6):
             name = f"{house}/img{index}.jpg"
             (root / house).mkdir(exist_ok=True)
-            (root / name).write_bytes(os.urandom(700))
+            (root / name).write_bytes(image_bytes(700))
             basic = {1: "false", 2: "true"}.get(index, "")
             service = "day_to_dusk" if index == 3 else ""
             style = "modern" if house == "south" and index > 3 else ""
@@ -89,9 +88,9 @@ async def test_dry_run_plan_equals_the_options_the_service_applies(
 async def test_an_invalid_manifest_sends_nothing_unless_skip_invalid(
     sandbox_factory: SandboxFactory, tmp_path: Path
 ) -> None:
-    (tmp_path / "a.jpg").write_bytes(b"x" * 100)
+    (tmp_path / "a.jpg").write_bytes(image_bytes(100))
     manifest = tmp_path / "bad.csv"
-    manifest.write_text("path,order,basic_editing\na.jpg,o1,yes\nmissing.jpg,o1,\na.jpg,o2,true\n")
+    manifest.write_text("path,order,basic_editing\na.jpg,o1,nah\nmissing.jpg,o1,\na.jpg,o2,true\n")
     box = await sandbox_factory(rps=1000)
     env = {"STYLDOD_API_KEY": box.api_key, "STYLDOD_BASE_URL": box.base_url}
     refused = await asyncio.to_thread(
@@ -120,7 +119,7 @@ async def test_an_invalid_manifest_sends_nothing_unless_skip_invalid(
 async def test_job_file_defaults_and_flags_over_them(tmp_path: Path) -> None:
     for index in range(1, 8):
         (tmp_path / "photos").mkdir(exist_ok=True)
-        (tmp_path / "photos" / f"p{index}.jpg").write_bytes(b"x" * 10)
+        (tmp_path / "photos" / f"p{index}.jpg").write_bytes(image_bytes(10))
     job = tmp_path / "house.toml"
     job.write_text(
         'order_by = "none"\norder_size = 3\n[options]\nbasic_editing = true\n'

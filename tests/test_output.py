@@ -102,7 +102,9 @@ async def test_on_a_terminal_a_live_line_shows_the_run(
 ) -> None:
     make_tree(tmp_path / "photos", folders=2, files=30, size=300)
     box = await sandbox_factory(rps=20)
-    output = await asyncio.to_thread(run_on_a_terminal, tmp_path / "photos", env_for(box))
+    # PUTs capped at 20/s, so the upload lasts long enough (3 s) for the line to be drawn.
+    env = {**env_for(box), "STYLDOD_UPLOAD_RPS": "20"}
+    output = await asyncio.to_thread(run_on_a_terminal, tmp_path / "photos", env)
 
     assert "uploading" in output and "files/s" in output and "%" in output
     assert "60/60 100%" in output

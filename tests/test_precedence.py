@@ -1,21 +1,30 @@
 """Option precedence (image > apply_to_all > the key's global configuration): the client's
-``effective_options`` against the sandbox's server-side rule, as functions and over HTTP."""
+``effective_options`` against the sandbox's server-side rule, as functions and over HTTP.
+And the settings' precedence (defaults < job file < environment < flags), through the
+runner."""
 
 from __future__ import annotations
 
 import random
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from styldod_batch.cli import upload as cli_upload
 from styldod_batch.contract import SERVICES
+from styldod_batch.option_registry import BY_NAME
 from styldod_batch.orders import effective_options
 from styldod_batch.sandbox import KeyConfig
 from styldod_batch.sandbox.api import resolve_options
 from styldod_batch.sandbox.pytest_plugin import SandboxFactory
+from styldod_batch.settings import Settings
+from tests.helpers import make_tree
+from tests.runner_inprocess import run_main, run_main_sync
 
 KNOWN = ("basic_editing", "service", "style", "notes")
 UNKNOWN = ("lighting", "sky_replacement", "x_house_code")
@@ -169,3 +178,95 @@ async def test_the_sandbox_applies_the_same_precedence_over_http(
                 }
             elif n == 1:
                 assert [o["basic_editing"] for o in got.values()] == [True, False, True]
+
+
+# -- settings: defaults < job file < environment < flags, through the runner ------------------
+
+
+async def test_a_job_files_base_url_never_beats_the_environments(
+    sandbox_factory: SandboxFactory, tmp_path: Path
+) -> None:
+    """A shared job file naming its own host must not receive the user's key (issue 18.9)."""
+    make_tree(tmp_path / "photos", folders=1, files=2, size=100)
+    users = await sandbox_factory(rps=1000)
+    elsewhere = await sandbox_factory(rps=1000)
+    job = tmp_path / "shared.toml"
+    job.write_text(f'base_url = "{elsewhere.base_url}"\nrps = 200\n', encoding="utf-8")
+    env = {"STYLDOD_BASE_URL": users.base_url, "STYLDOD_API_KEY": users.api_key}
+
+    done = await run_main("upload", str(tmp_path / "photos"), "--job", str(job), "--json", env=env)
+
+    assert done.returncode == 0, done.stderr
+    assert done.json()["images"]["uploaded"] == 2
+    assert len(elsewhere.log) == 0, "the job file's host got a request (and the key)"
+    assert users.log.select(kind="api", method="POST", path_prefix="/v2/orders")
+
+    # A flag still beats the environment.
+    flagged = await run_main(
+        "upload",
+        str(tmp_path / "photos"),
+        "--base-url",
+        elsewhere.base_url,
+        "--dry-run",
+        "--json",
+        env={"STYLDOD_BASE_URL": "https://never.example.com"},
+    )
+    assert flagged.returncode == 0, flagged.stderr
+
+
+# name: (job file TOML value, environment text, flag arguments, the value each level gives)
+LAYERS: dict[str, tuple[str, str, list[str], tuple[Any, Any, Any, Any]]] = {
+    "base_url": (
+        '"https://job.example.com"',
+        "https://env.example.com",
+        ["--base-url", "https://flag.example.com"],
+        (
+            "https://orderapi.styldod.com",
+            "https://job.example.com",
+            "https://env.example.com",
+            "https://flag.example.com",
+        ),
+    ),
+    "rps": ("10", "7", ["--rps", "5"], (20.0, 10.0, 7.0, 5.0)),
+    "concurrency": ("8", "4", ["--concurrency", "2"], (16, 8, 4, 2)),
+    "order_size": ("50", "40", ["--order-size", "30"], (100, 50, 40, 30)),
+    "lease_s": ("20", "15", ["--lease", "9"], (30.0, 20.0, 15.0, 9.0)),
+    "budget": (
+        '"process"',
+        "file:",
+        ["--budget", "redis://127.0.0.1:1/0"],
+        (None, "process", "file:", "redis://127.0.0.1:1/0"),
+    ),
+    "follow_symlinks": ('"TRUE"', "False", ["--follow-symlinks"], (False, True, False, True)),
+    "ledger": ("false", "yes", ["--no-journal"], (True, False, True, False)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_each_level_overrides_the_one_below(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job_value, env_value, flag_args, expected = LAYERS[name]
+    variable = BY_NAME[name].variable
+    assert variable is not None
+    job = tmp_path / "job.toml"
+    job.write_text(f"{name} = {job_value}\n", encoding="utf-8")
+    (tmp_path / "a.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\0" * 64 + b"\xff\xd9")
+    seen: list[Settings] = []
+
+    def capture(args: Any, settings: Settings, source: Any) -> int:
+        seen.append(settings)
+        return 0
+
+    monkeypatch.setattr(cli_upload, "_upload", capture)
+    base = ["upload", str(tmp_path / "a.jpg"), "--dry-run"]
+    key = {"STYLDOD_API_KEY": "k"}
+    runs = [
+        run_main_sync(*base, env=key),
+        run_main_sync(*base, "--job", str(job), env=key),
+        run_main_sync(*base, "--job", str(job), env={**key, variable: env_value}),
+        run_main_sync(*base, "--job", str(job), *flag_args, env={**key, variable: env_value}),
+    ]
+
+    assert [r.returncode for r in runs] == [0, 0, 0, 0], [r.stderr for r in runs]
+    assert tuple(getattr(s, name) for s in seen) == expected

@@ -21,6 +21,7 @@ from tests.helpers import (
     REPO,
     assert_each_file_in_one_order,
     assert_one_key_per_order,
+    image_bytes,
     json_report,
     make_tree,
     run_cli,
@@ -113,9 +114,9 @@ async def test_status_shows_each_listing_its_orders_and_its_images(
     )
     assert done.returncode == 1  # the empty file
     late = tmp_path / "job" / "listing-02" / "photo-9.jpg"
-    late.write_bytes(os.urandom(300))
+    late.write_bytes(image_bytes(300))
     changed = tmp_path / "job" / "listing-01" / "photo-1.jpg"
-    changed.write_bytes(os.urandom(300))
+    changed.write_bytes(image_bytes(300))
     again = await asyncio.to_thread(
         run_cli, *upload_args(tmp_path / "job", ledger, "--no-follow-up"), env=env_for(box)
     )
@@ -139,7 +140,7 @@ async def test_status_shows_each_listing_its_orders_and_its_images(
         run_cli, "status", "--json", env={**env_for(box), "STYLDOD_STATE": str(ledger)}
     )
     assert orjson.loads(default.stdout)["images"] == body["images"]
-    text = await asyncio.to_thread(run_cli, "status", "--journal", str(ledger))
+    text = await asyncio.to_thread(run_cli, "status", "--journal", str(ledger), "--all")
     assert "listing-01" in text.stdout and "empty.jpg: empty file" in text.stdout
     assert f"late: {late}" in text.stdout and f"changed: {changed}" in text.stdout
     with sqlite3.connect(ledger) as db:

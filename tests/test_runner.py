@@ -103,7 +103,7 @@ async def test_runner_exit_statuses_and_messages(
         "upload",
         str(tmp_path),
         "--option",
-        "basic_editing=yes",
+        "basic_editing=maybe",
         env={**env, "STYLDOD_API_KEY": SECRET_KEY},
     )
     assert bad_option.returncode == 2

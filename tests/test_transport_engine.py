@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_asyncio
 
 from styldod_batch.engine import Uploader
@@ -74,11 +75,13 @@ async def test_a_429_saying_retry_after_soon_is_retried_not_a_crash(
     assert uploader.api_budget.rate_limited == 2
 
 
+@pytest.mark.parametrize("shared", [False, True], ids=["default", "share-api-budget"])
 async def test_a_storage_429_asking_for_a_day_does_not_park_the_run(
-    api: HostileOrderAPI, storage: HostileStorage, tmp_path: Path
+    api: HostileOrderAPI, storage: HostileStorage, tmp_path: Path, shared: bool
 ) -> None:
-    """The storage shares the API's budget by default: an uncapped pause would stop the
-    run's API calls too, for a day."""
+    """Storage's SlowDown pauses the PUTs' budget (with no cap, by default, one that only
+    pauses; with --share-api-budget the API's, where an uncapped pause would stop the run's
+    API calls too, for a day)."""
 
     async def slow_down_once(exchange: Exchange) -> None:
         await exchange.read_body()
@@ -92,9 +95,11 @@ async def test_a_storage_429_asking_for_a_day_does_not_park_the_run(
     storage.script = slow_down_once
     make_tree(tmp_path, folders=1, files=3, size=1024)
     policy = RetryPolicy(max_server_wait_s=0.2)
-    async with asyncio.timeout(120), Uploader(settings(api, retry=policy)) as uploader:
+    config = settings(api, retry=policy, share_api_budget=shared)
+    async with asyncio.timeout(120), Uploader(config) as uploader:
         report = await uploader.run([tmp_path])
     assert (report.uploaded, report.failed) == (3, 0)
     assert report.requests.rate_limited == 1
-    assert uploader.api_budget.rate_limited == 1
+    assert uploader.storage_budget.rate_limited == 1, "the SlowDown paused the PUTs"
+    assert uploader.api_budget.rate_limited == (1 if shared else 0)
     assert [o.status for o in report.orders] == ["created"]

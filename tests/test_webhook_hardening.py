@@ -14,14 +14,18 @@ from typing import Any
 import aiohttp
 import pytest_asyncio
 
+from styldod_batch.api import OrderAPIClient
+from styldod_batch.budget import local_budget
 from styldod_batch.contract import ORDER_EVENTS
 from styldod_batch.follow import OrderFollower
 from styldod_batch.ledger import Ledger, SQLiteLedger
+from styldod_batch.models import RequestCounters
 from styldod_batch.sandbox.pytest_plugin import SandboxFactory
 from styldod_batch.settings import Settings
+from styldod_batch.webhook_secret import webhook_secret
 from styldod_batch.webhooks import WebhookReceiver
-from styldod_batch.workflow import webhook_token
 from tests.helpers import json_report, make_tree, run_cli
+from tests.hostile_api import HostileOrderAPI, json_answer
 from tests.hostile_outputs import HostileOutputs
 
 TOKEN = "right-token"
@@ -37,6 +41,23 @@ def event(order_id: str, name: str, *, output_url: str | None = None) -> dict[st
         "orderID": order_id,
         "data": {"image_list": [image], "order_status": status, "updatedAt": name},
     }
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def order_api() -> AsyncIterator[tuple[HostileOrderAPI, OrderAPIClient]]:
+    """An Order API on 127.0.0.1 (answers queued by the test) and a client for it: a final
+    event is only a hint, which the follower confirms with GET /v2/orders/{id}."""
+    async with HostileOrderAPI() as api, aiohttp.ClientSession() as session:
+        settings = Settings(base_url=api.url, api_key="k")
+        yield (
+            api,
+            OrderAPIClient(session, settings, local_budget(1000, name="api"), RequestCounters()),
+        )
+
+
+def completed_answer(order_id: str) -> Any:
+    image = {"client_image_id": "a.jpg", "image_status": "completed", "output_url": "https://o/a"}
+    return json_answer({"orderID": order_id, "order_status": "completed", "image_list": [image]})
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -64,9 +85,11 @@ def recorded_orders(path: Path) -> list[str]:
 
 
 async def test_events_of_orders_outside_the_job_are_recorded_and_ignored(
-    journal: SQLiteLedger,
+    journal: SQLiteLedger, order_api: tuple[HostileOrderAPI, OrderAPIClient]
 ) -> None:
-    follower = OrderFollower(None, journal, poll=False)
+    api, client = order_api
+    api.then("/v2/orders/A", completed_answer("A"))
+    follower = OrderFollower(client, journal, poll=False)
     follower.watch("listing-01", "A")
     async with WebhookReceiver(token=TOKEN, on_event=follower.on_event) as hooks:
         async with aiohttp.ClientSession() as http:
@@ -82,12 +105,15 @@ async def test_events_of_orders_outside_the_job_are_recorded_and_ignored(
     await journal.flush()
     assert recorded_orders(journal.path) == ["A", "FOREIGN", "STRANGER"], "every event recorded"
     assert hooks.deliveries == 3
+    assert api.received == [("GET", "/v2/orders/A")], "only the watched order was asked about"
 
 
 async def test_an_early_event_waits_for_its_order_in_a_bounded_buffer(
-    journal: Ledger,
+    journal: Ledger, order_api: tuple[HostileOrderAPI, OrderAPIClient]
 ) -> None:
-    follower = OrderFollower(None, journal, poll=False, early_orders_kept=3)
+    api, client = order_api
+    api.then("/v2/orders/EARLY", completed_answer("EARLY"))
+    follower = OrderFollower(client, journal, poll=False, early_orders_kept=3)
     async with (
         WebhookReceiver(token=TOKEN, on_event=follower.on_event) as hooks,
         aiohttp.ClientSession() as http,
@@ -97,9 +123,10 @@ async def test_an_early_event_waits_for_its_order_in_a_bounded_buffer(
         assert await post(http, hooks.url, event("EARLY", "order.completed")) == 200
         assert follower.orders == {}
         follower.watch("listing-01", "EARLY")
-        assert follower.orders["EARLY"].final
+        assert follower.orders["EARLY"].confirming, "its final event waits to be confirmed"
         assert follower.orders["EARLY"].key == "listing-01"
         assert await follower.wait(timeout_s=30) is True
+        assert follower.orders["EARLY"].final
 
         for index in range(5):
             assert await post(http, hooks.url, event(f"X{index}", "order.completed")) == 200
@@ -216,8 +243,8 @@ async def test_a_job_ignores_events_of_other_orders_end_to_end(
     box = await sandbox_factory(rps=1000, order_step_s=1.0)
     journal, out = tmp_path / "j.sqlite", tmp_path / "out"
     port = free_port()
-    hook_url = f"http://127.0.0.1:{port}/hooks/" + webhook_token(
-        Settings(base_url=box.base_url, api_key=box.api_key)
+    hook_url = f"http://127.0.0.1:{port}/hooks/" + webhook_secret(
+        Settings(base_url=box.base_url, api_key=box.api_key, state=journal)
     )
     async with HostileOutputs() as elsewhere:
         job = asyncio.create_task(

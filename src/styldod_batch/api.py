@@ -90,6 +90,10 @@ class OrderAPIClient:
                 timeout=self._timeout,
                 middlewares=self._polling_middlewares if low_priority else self._middlewares,
                 allow_redirects=False,
+                # The run's session keeps outputs as sent (no decompression); an API answer
+                # is JSON to read, whatever coding a gateway gave it (the limits below count
+                # decompressed bytes, so a compression bomb stops at them).
+                auto_decompress=True,
             ) as resp:
                 if resp.status >= 400:
                     raw, _ = await read_at_most(resp, MAX_ERROR_ANSWER_BYTES)

@@ -13,6 +13,7 @@ import orjson
 
 from styldod_batch.engine import Uploader
 from styldod_batch.models import OrderResult
+from styldod_batch.review import RunRecorder, write_review
 from styldod_batch.settings import Settings
 from styldod_batch.webhooks import WebhookReceiver
 
@@ -63,6 +64,12 @@ def sample_png(width: int, height: int, seed: int) -> bytes:
     )
 
 
+def default_review_page() -> Path:
+    """Where the demo writes its review page: kept after the demo (its thumbnails and the
+    downloaded outputs beside it), and overwritten by the next demo."""
+    return Path(tempfile.gettempdir()) / "styldod-demo" / "review.html"
+
+
 def make_sample_tree(root: Path, listings: int, photos: int) -> int:
     count = 0
     for listing in range(1, listings + 1):
@@ -76,9 +83,16 @@ def make_sample_tree(root: Path, listings: int, photos: int) -> int:
 
 
 async def run_demo(
-    *, listings: int = 4, photos: int = 6, keep: Path | None = None, as_json: bool = False
+    *,
+    listings: int = 4,
+    photos: int = 6,
+    keep: Path | None = None,
+    as_json: bool = False,
+    html: Path | None = None,
 ) -> int:
     from styldod_batch.sandbox import Sandbox, SandboxConfig
+
+    html = (html or default_review_page()).absolute()
 
     def say(text: str) -> None:
         print(text, flush=True)
@@ -112,16 +126,24 @@ async def run_demo(
                 f"Uploading at most {settings.rps:.0f} requests/s, "
                 f"{settings.concurrency} uploads in flight ..."
             )
-            async with Uploader(settings, on_order=on_order) as uploader:
+            async with (
+                Uploader(settings, on_order=on_order) as uploader,
+                RunRecorder(uploader),
+            ):
+                uploader.listen(hooks)  # each event lands in the ledger too (the review page)
                 report = await uploader.run([root])
-            created = [o.order_id for o in report.orders if o.order_id]
-            say(f"Waiting for the webhooks of {len(created)} orders ...")
-            began = time.monotonic()
-            finished = await hooks.wait_final(created, timeout_s=60)
-            say(
-                f"Webhooks: {hooks.deliveries} deliveries in {time.monotonic() - began:.1f} s"
-                f"{'' if finished else ' (timed out waiting for some orders)'}"
-            )
+                created = [o.order_id for o in report.orders if o.order_id]
+                say(f"Waiting for the webhooks of {len(created)} orders ...")
+                began = time.monotonic()
+                finished = await hooks.wait_final(created, timeout_s=60)
+                say(
+                    f"Webhooks: {hooks.deliveries} deliveries in {time.monotonic() - began:.1f} s"
+                    f"{'' if finished else ' (timed out waiting for some orders)'}"
+                )
+                if finished:  # every order is final: the edited outputs, for the review page
+                    await uploader.follow(report, timeout_s=10)
+                    await uploader.download(report, html.with_name("edited"))
+                hooks.on_event = None  # the ledger closes with the uploader
             for order in sorted(report.orders, key=lambda o: o.key):
                 state = hooks.orders.get(order.order_id or "")
                 if state is None:
@@ -141,6 +163,8 @@ async def run_demo(
                 sys.stdout.write(
                     orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n"
                 )
+            written = await write_review(settings, html)
+        say(f"The morning review of these orders: {written.path}")
         ok = report.ok and finished and all(hooks.orders[o].status == "completed" for o in created)
         say(
             "Demo finished: every photo uploaded, every order completed."

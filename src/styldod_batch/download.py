@@ -4,8 +4,9 @@ never twice.
 Outputs are named by the service (``client_image_id``, ``output_url``), so each one is
 checked before it touches the disk or the network: a name the file system cannot hold, two
 images claiming one file (or a file and a folder of the same name), a URL that is not
-http(s) (also after a redirect), a transfer that breaks: each fails that image alone, with a
-reason naming it, and every other output still downloads.
+http(s) or whose host the ``OutputHostPolicy`` refuses (checked again before every redirect
+is followed), a transfer that breaks: each fails that image alone, with a reason naming it,
+and every other output still downloads.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from typing import Any, Final
 
 import aiofiles
 import aiohttp
+from aiohttp.abc import AbstractResolver
 from yarl import URL
 
-from styldod_batch.budget import Budget, sent_trace
+from styldod_batch.budget import Budget, ByteBucket, sent_trace
 from styldod_batch.errors import (
     ConfigurationError,
     NetworkError,
@@ -32,6 +34,7 @@ from styldod_batch.errors import (
     error_for_status,
 )
 from styldod_batch.ledger import Ledger
+from styldod_batch.output_policy import OutputHostPolicy, PolicyResolver
 from styldod_batch.retry import retrying
 from styldod_batch.settings import RetryPolicy
 
@@ -63,12 +66,24 @@ def download_timeout(idle_timeout_s: float = IDLE_TIMEOUT_S) -> aiohttp.ClientTi
     )
 
 
-def open_download_session(*, connections: int = 100) -> aiohttp.ClientSession:
+def open_download_session(
+    *,
+    connections: int = 100,
+    policy: OutputHostPolicy | None = None,
+    resolver: AbstractResolver | None = None,
+) -> aiohttp.ClientSession:
     """The session downloads are meant to run on: bytes kept exactly as sent (no automatic
     decompression), proxies from the environment, no total time cap. ``OutputDownloader``
-    also sets these per request, so it stays safe on any session."""
+    also sets these per request, so it stays safe on any session. With ``policy``, the
+    addresses a name resolves to when connecting pass it too (``resolver``: the one asked
+    underneath, the system's by default)."""
+    connector = aiohttp.TCPConnector(
+        limit=connections,
+        ttl_dns_cache=300,
+        resolver=PolicyResolver(policy, resolver) if policy is not None else resolver,
+    )
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=connections, ttl_dns_cache=300),
+        connector=connector,
         auto_decompress=False,
         trust_env=True,
         timeout=download_timeout(),
@@ -204,14 +219,19 @@ class OutputDownloader:
         ledger: Ledger | None,
         retry: RetryPolicy,
         concurrency: int,
+        policy: OutputHostPolicy,
         idle_timeout_s: float = IDLE_TIMEOUT_S,
+        bandwidth: ByteBucket | None = None,
     ) -> None:
         self.session = session
+        self.policy = policy
         self.directory = directory
         self.ledger = ledger
         self.retry = retry
         self.timeout = download_timeout(idle_timeout_s)
         self._middlewares = (budget.middleware(),) if budget is not None else ()
+        self._budget = budget  # a 429/SlowDown pauses it (every download waits)
+        self._bandwidth = bandwidth  # --bwlimit: bytes/s across every download
         self._slots = asyncio.Semaphore(concurrency)
         self.retries = 0
 
@@ -311,7 +331,7 @@ class OutputDownloader:
 
         async with self._slots:
             size, md5, fetched = await retrying(
-                lambda: self._get(url, dest), self.retry, on_retry=count
+                lambda: self._get(url, dest), self.retry, budget=self._budget, on_retry=count
             )
         if self.ledger is not None and fetched:
             self.ledger.record_output(order_id, client_image_id, str(dest), size, md5)
@@ -320,9 +340,11 @@ class OutputDownloader:
         )
 
     async def _get(self, url: URL, dest: Path) -> tuple[int, str, bool]:
-        """One attempt, redirects followed by hand (each target must be http(s) too). Skips a
-        file already complete (same size as the answer announces)."""
+        """One attempt, redirects followed by hand (each target must be http(s) too, and pass
+        the host policy before it is asked). Skips a file already complete (same size as the
+        answer announces)."""
         for _hop in range(MAX_REDIRECTS + 1):
+            await self.policy.check(url)
             try:
                 async with self.session.get(
                     url,
@@ -378,6 +400,8 @@ class OutputDownloader:
         try:
             async with aiofiles.open(temporary, "wb") as handle:
                 async for chunk in resp.content.iter_chunked(CHUNK):
+                    if self._bandwidth is not None:
+                        await self._bandwidth.take(len(chunk))
                     digest.update(chunk)
                     size += len(chunk)
                     await handle.write(chunk)

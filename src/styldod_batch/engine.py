@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
-import queue
 import re
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -34,7 +34,14 @@ import aiohttp
 import orjson
 
 from styldod_batch.api import OrderAPIClient, RequestCounters
-from styldod_batch.budget import Budget, local_budget, open_budget, sent_trace
+from styldod_batch.budget import (
+    Budget,
+    ByteBucket,
+    StoragePause,
+    local_budget,
+    open_budget,
+    sent_trace,
+)
 from styldod_batch.errors import (
     APIError,
     AuthenticationError,
@@ -74,6 +81,7 @@ from styldod_batch.report import Report, peak_rss_mb
 from styldod_batch.rerun import Verdict, already_ordered, classify, earlier_order
 from styldod_batch.retry import retrying
 from styldod_batch.scan import FolderScan, GroupEnd, ScanEvent, Skipped
+from styldod_batch.scan_thread import threaded
 from styldod_batch.settings import Settings
 
 if TYPE_CHECKING:  # the receiver (and aiohttp.web) only when a run listens
@@ -98,10 +106,12 @@ Source = Sequence[str | os.PathLike[str]] | AsyncIterable[ImageItem] | ManifestS
 
 _DONE = object()
 _EMPTY = object()
-SCAN_BATCH = 256
 # Results a ``stream()`` reader may lag behind before the run waits for it.
 STREAM_QUEUE = 1024
 ORDER_WORKERS = 4
+# Orders placed and not yet done: at this many, settling uploads wait for one to end, so that
+# placing orders pushes back on uploads (many small orders keep memory flat, not a task each).
+ORDER_BACKLOG = 32
 PRESIGN_WORKERS = 2
 # How long a part-filled upload-URL batch waits for more files: every call costs a grant of
 # the rate budget, and a listing's files are planned a few milliseconds apart.
@@ -140,13 +150,11 @@ class Uploader:
         self.api_budget: Budget = local_budget(
             settings.rps, margin_s=settings.window_margin_s, name="api"
         )
-        self.storage_budget: Budget | None = None
-        if settings.upload_rps is None:
-            self.storage_budget = self.api_budget
-        elif settings.upload_rps != 0:
-            self.storage_budget = local_budget(
-                settings.upload_rps, margin_s=settings.window_margin_s, name="storage"
-            )
+        # PUTs and downloads: no cap by default (the API does not count them), only storage's
+        # own 429/SlowDown pauses them; a cap of their own, or the API's (share_api_budget).
+        self.storage_budget: Budget = self._traffic_budget(settings.upload_rps, "storage")
+        self.download_budget: Budget = self._traffic_budget(settings.download_rps, "download")
+        self.bandwidth = ByteBucket(settings.bwlimit) if settings.bwlimit else None
         self._session: aiohttp.ClientSession | None = None
         self.api: OrderAPIClient | None = None
         self._file_uploader: Any = None
@@ -155,6 +163,9 @@ class Uploader:
         self.stopping = asyncio.Event()
         self._current: _Run | None = None
         self._follower: OrderFollower | None = None
+        # The most order tasks that waited at once in a run (at most about ORDER_BACKLOG plus
+        # the upload workers): what keeps memory flat, for tests and benchmarks.
+        self.order_backlog_peak = 0
 
     @property
     def session(self) -> aiohttp.ClientSession | None:
@@ -182,6 +193,14 @@ class Uploader:
         except BaseException:
             await self.ledger.close()
             raise
+        try:
+            self._open_clients()
+        except BaseException:
+            await self.__aexit__(None, None, None)  # the session, the budgets, the ledger
+            raise
+        return self
+
+    def _open_clients(self) -> None:
         from styldod_batch.storage import FileUploader
 
         connector = aiohttp.TCPConnector(
@@ -197,8 +216,9 @@ class Uploader:
             trace_configs=[sent_trace()],  # an API call that leaves late re-stamps its grant
         )
         self.api = OrderAPIClient(self._session, self.settings, self.api_budget, self.counters)
-        self._file_uploader = FileUploader(self.settings, self.storage_budget, self.counters)
-        return self
+        self._file_uploader = FileUploader(
+            self.settings, self.storage_budget, self.counters, bandwidth=self.bandwidth
+        )
 
     async def _share_budgets(self) -> None:
         """Open the budgets ``Settings.budget`` chooses; by default every process of this
@@ -216,10 +236,25 @@ class Uploader:
             )
 
         self.api_budget = await opened(settings.rps, "api")
-        if settings.upload_rps is None:
-            self.storage_budget = self.api_budget
-        elif settings.upload_rps != 0:
+        if settings.upload_rps:
             self.storage_budget = await opened(settings.upload_rps, "storage")
+        elif settings.share_api_budget:
+            self.storage_budget = self.api_budget
+        if settings.download_rps:
+            self.download_budget = await opened(settings.download_rps, "download")
+        elif settings.share_api_budget:
+            self.download_budget = self.api_budget
+
+    def _traffic_budget(self, cap: float | None, name: str) -> Budget:
+        """This process's budget for PUTs (``storage``) or downloads: a cap of ``cap``
+        requests/s, else the API's with ``share_api_budget``, else one that caps nothing and
+        only pauses when storage says SlowDown."""
+        settings = self.settings
+        if cap:
+            return local_budget(cap, margin_s=settings.window_margin_s, name=name)
+        if settings.share_api_budget:
+            return self.api_budget
+        return StoragePause(name=name, max_pause_s=settings.retry.max_server_wait_s)
 
     async def __aexit__(
         self,
@@ -227,19 +262,23 @@ class Uploader:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._file_uploader is not None:
-            await self._file_uploader.close()
-            self._file_uploader = None
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-        for budget in {id(b): b for b in (self.api_budget, self.storage_budget) if b}.values():
-            close = getattr(budget, "close", None)
-            if close is not None:
-                await close()
-        if self.ledger is not None:
-            await self.ledger.close()
-            self.ledger = None
+        # Each closes even when one before it fails (or is cancelled): after an error inside
+        # ``async with``, no session is left open. (Callbacks run last pushed first.)
+        async with contextlib.AsyncExitStack() as closing:
+            if self.ledger is not None:
+                closing.push_async_callback(self.ledger.close)
+                self.ledger = None
+            budgets = (self.api_budget, self.storage_budget, self.download_budget)
+            for budget in {id(b): b for b in budgets}.values():
+                close = getattr(budget, "close", None)
+                if close is not None:
+                    closing.push_async_callback(close)
+            if self._session is not None:
+                closing.push_async_callback(self._session.close)
+                self._session = None
+            if self._file_uploader is not None:
+                closing.push_async_callback(self._file_uploader.close)
+                self._file_uploader = None
 
     async def run(self, source: Source) -> Report:
         """Upload every image of ``source`` and place its orders; returns the final report.
@@ -294,7 +333,7 @@ class Uploader:
             self._follower = OrderFollower(
                 self.api, self.ledger, poll=True, poll_interval_s=self.settings.poll_interval_s
             )
-        return await follow_report(self, self._follower, report, timeout_s=timeout_s)
+        return await follow_report(self.ledger, self._follower, report, timeout_s=timeout_s)
 
     async def download(self, report: Report, directory: str | os.PathLike[str]) -> None:
         """Fetch the outputs of the report's finished orders (after ``follow``) into
@@ -302,7 +341,9 @@ class Uploader:
         The counts land in ``report.outputs``."""
         from styldod_batch.outcomes import download_report
 
-        await download_report(self, report, Path(directory))
+        await download_report(
+            self.settings, self.ledger, self.download_budget, report, Path(directory)
+        )
 
     async def _run(
         self, source: Source, sink: asyncio.Queue[ImageResult | OrderResult] | None
@@ -367,7 +408,7 @@ class _FolderFeed:
     def count(self, stop: threading.Event) -> int | None:
         # A walk of its own, so the total is known long before the uploads reach the end.
         found = 0
-        for event in self.scan.events():
+        for event in self.scan.events(check_content=False):  # names suffice to count
             if stop.is_set():
                 return None
             found += not isinstance(event, GroupEnd)
@@ -404,10 +445,16 @@ def _feed_for(source: Source, settings: Settings) -> Feed:
     if isinstance(source, ManifestSource):
         from styldod_batch.manifest import ManifestFeed
 
-        return ManifestFeed(source.path, staged=source.staged)
+        return ManifestFeed(source.path, staged=source.staged, check_content=settings.check_content)
     if isinstance(source, AsyncIterable):
         return _ItemFeed(source)
-    return _FolderFeed(FolderScan(source, follow_symlinks=settings.follow_symlinks))
+    return _FolderFeed(
+        FolderScan(
+            source,
+            follow_symlinks=settings.follow_symlinks,
+            check_content=settings.check_content,
+        )
+    )
 
 
 # -- one run ---------------------------------------------------------------------------------
@@ -463,14 +510,19 @@ class _Run:
         # One pre-sign worker gathers a batch at a time, so two never split a listing's files.
         self.gathering = asyncio.Lock()
         self.order_slots = asyncio.Semaphore(ORDER_WORKERS)
+        # Order tasks not yet done; ``order_room`` is set while there are fewer than
+        # ORDER_BACKLOG of them (settling uploads wait for it).
+        self.orders_pending = 0
+        self.order_room = asyncio.Event()
+        self.order_room.set()
         self.group: asyncio.TaskGroup | None = None
         self.started = time.monotonic()
         self.listings: dict[str, _ListingRun] = {}
         # Listings another run held when met: skipped, then waited for at the end.
         self.held: dict[str, str] = {}
         self.deferred: list[str] = []
-        self._batch_numbers: int | None = None
         self._batch_lock = asyncio.Lock()
+        self._one_try: OrderAPIClient | None = None
         self._grace_over = False
         # Whether the API answered anything in this run (an error status counts).
         self._answered = False
@@ -974,6 +1026,17 @@ class _Run:
                 path=result.path,
                 order=result.order,
             )
+        elif result.status != "skipped":  # (a skipped file is logged where it is met)
+            outcome = "already_done" if result.resumed else result.status
+            log_event(
+                logging.DEBUG,
+                "file",
+                f"{result.path}: {outcome.replace('_', ' ')}",
+                path=result.path,
+                outcome=outcome,
+                listing=result.group,
+                order=result.order,
+            )
         if self.up.on_image is not None:
             self.up.on_image(result)
         if self.sink is not None:
@@ -991,6 +1054,7 @@ class _Run:
         await self._image(result)
         if part.settled:
             self._place(part)
+        await self.order_room.wait()  # placing orders pushes back on the uploads
 
     def _closed(self, part: OrderPart) -> None:
         if part.settled:
@@ -1003,18 +1067,26 @@ class _Run:
             return  # (when stopping, a re-run places it: its uploads are in the ledger)
         part.placed = True
         assert self.group is not None
+        self.orders_pending += 1
+        self.up.order_backlog_peak = max(self.up.order_backlog_peak, self.orders_pending)
+        if self.orders_pending >= ORDER_BACKLOG:
+            self.order_room.clear()
         self.group.create_task(self._create_order(part), name=f"order {part.base_name}")
 
     async def _create_order(self, part: OrderPart) -> None:
         try:
             await self._place_order(part)
         finally:
+            self.orders_pending -= 1
+            if self.orders_pending < ORDER_BACKLOG:
+                self.order_room.set()
             await self._part_done(part)
 
     async def _place_order(self, part: OrderPart) -> None:
         states = {identity: self.listings[identity] for identity in part.listings}
         batch = await self._batch_of(part, states)
         name = order_name(part.base_name, batch, part.number, split=part.split)
+        await self._leave_out_live(part, states)
         payload = order_payload(
             part, name, options=self.settings.options, webhook_url=self.settings.webhook_url
         )
@@ -1055,16 +1127,36 @@ class _Run:
                 return
             await self._send(result, ref, body, key, items)
 
+    async def _leave_out_live(self, part: OrderPart, states: dict[str, _ListingRun]) -> None:
+        """An image whose very content is in a live order already (it went A -> B -> A) is
+        left out of this order, and said so; the rest of the order goes on."""
+        uploaded = [
+            (item, result, OrderItem(states[item.listing].listing_id, item.client_image_id,
+                                     str(result.md5), _absolute(item.path)))
+            for item in part.items
+            if (result := part.results.get(item_key(item))) is not None
+            and result.status == "uploaded" and result.md5 and item.listing in states
+        ]  # fmt: skip
+        taken = await self.ledger.in_live_orders([entry[2] for entry in uploaded])
+        for item, result, entry in uploaded:
+            if entry in taken:
+                result.status, result.resumed = "ordered", True
+                result.error = "this content is already in a live order: left out of this one"
+                log_event(
+                    logging.WARNING,
+                    "left_out",
+                    f"{item.path}: {result.error}",
+                    path=item.path,
+                    client_image_id=item.client_image_id,
+                )
+
     async def _batch_of(self, part: OrderPart, states: dict[str, _ListingRun]) -> int:
         """Every part of a listing this run places takes one batch number; the lock keeps two
         parts placed at once from reading the ledger on either side of the other's write."""
         async with self._batch_lock:
             if not part.listing:  # fixed-size batches are numbered across the account
-                if self._batch_numbers is None:
-                    self._batch_numbers = await self.ledger.next_batch(None)
-                else:
-                    self._batch_numbers += 1
-                return self._batch_numbers
+                # Each number is claimed in the ledger: another run may number batches too.
+                return await self.ledger.next_batch(None)
             state = states[part.listing]
             if state.batch is None:
                 state.batch = await self.ledger.next_batch(state.listing_id)
@@ -1083,21 +1175,48 @@ class _Run:
         state.reported.add(order.ref)
         try:
             async with self.order_slots:
-                await self._send(result, order.ref, order.body, order.idempotency_key, [])
+                await self._send(
+                    result, order.ref, order.body, order.idempotency_key, [], resent=True
+                )
         finally:
             state.open -= 1
             await self._maybe_release(state.view.listing.identity)
 
     async def _send(
-        self, result: OrderResult, ref: int, body: bytes, key: str, items: list[OrderItem]
+        self,
+        result: OrderResult,
+        ref: int,
+        body: bytes,
+        key: str,
+        items: list[OrderItem],
+        *,
+        resent: bool = False,
     ) -> None:
         api = self.up.api
         assert api is not None
         result.idempotency_key = key
+        # Once an attempt with this key may have reached the service (an earlier run's, or
+        # an earlier try of this one), a 4xx is no definite refusal: the images stay bound
+        # to this key and body until ``release``.
+        tries = 1 if resent else 0
+
+        async def attempt() -> tuple[dict[str, Any], bool]:
+            nonlocal tries
+            tries += 1
+            return await self._single_try_api(api).create_order(body, key)
+
+        def retried(_exc: BaseException) -> None:
+            api.counters.retries += 1
+
         try:
-            answer, replayed = await api.create_order(body, key)
+            answer, replayed = await retrying(
+                attempt, self.settings.retry, budget=api.budget, on_retry=retried
+            )
         except (AuthenticationError, PermissionDenied) as exc:
-            self.ledger.settle_order(ref, OrderOutcome("refused", error=str(exc)))
+            if tries > 1:
+                self.ledger.settle_order(ref, OrderOutcome("sent", error=_unknown(exc, tries)))
+            else:
+                self.ledger.settle_order(ref, OrderOutcome("refused", error=str(exc)))
             raise
         except Conflict as exc:
             self.ledger.settle_order(ref, OrderOutcome("conflict", error=str(exc)))
@@ -1105,7 +1224,7 @@ class _Run:
             await self._order(result)
             return
         except StyldodError as exc:
-            if isinstance(exc, APIError) and _definite_refusal(exc):
+            if isinstance(exc, APIError) and _definite_refusal(exc) and tries <= 1:
                 bad = _bad_image(exc, items)
                 self.ledger.settle_order(
                     ref, OrderOutcome("refused", error=str(exc), bad_image=bad)
@@ -1114,8 +1233,8 @@ class _Run:
             else:
                 # Unknown outcome: the ledger keeps it as sent, so a re-run asks again with
                 # the same key and body.
-                self.ledger.settle_order(ref, OrderOutcome("sent", error=str(exc)))
-                result.error = f"outcome unknown, a re-run asks again with the same key: {exc}"
+                self.ledger.settle_order(ref, OrderOutcome("sent", error=_unknown(exc, tries)))
+                result.error = f"{_unknown(exc, tries)}; a re-run asks again with the same key"
             await self._order(result)
             return
         order_id, status = str(answer["orderID"]), answer.get("order_status")
@@ -1123,6 +1242,14 @@ class _Run:
         result.status, result.order_id, result.order_status = "created", order_id, status
         result.replayed = replayed
         await self._order(result)
+
+    def _single_try_api(self, api: OrderAPIClient) -> OrderAPIClient:
+        """The API client with one try per call: ``_send`` retries itself, counting tries."""
+        if self._one_try is None:
+            once = dataclasses.replace(api.settings.retry, max_attempts=1)
+            settings = dataclasses.replace(api.settings, retry=once)
+            self._one_try = OrderAPIClient(api.session, settings, api.budget, api.counters)
+        return self._one_try
 
     async def _order(self, result: OrderResult) -> None:
         self.report.add_order(result)
@@ -1145,6 +1272,12 @@ class _Run:
             self.up.on_order(result)
         if self.sink is not None:
             await self.sink.put(result)
+
+
+def _unknown(exc: BaseException, tries: int) -> str:
+    if isinstance(exc, APIError) and _definite_refusal(exc) and tries > 1:
+        return f"outcome unknown: a retry was refused ({exc})"
+    return f"outcome unknown: {exc}"
 
 
 def _definite_refusal(exc: APIError) -> bool:
@@ -1170,60 +1303,6 @@ def _absolute(path: str) -> str:
 def _listing_name(identity: str) -> str:
     kind, _, rest = identity.partition(":")
     return os.path.basename(rest) if kind == "folder" else rest
-
-
-async def threaded(make: Callable[[], Iterable[ScanEvent]]) -> AsyncIterator[ScanEvent]:
-    """Run a blocking generator in a thread, in batches, behind a bounded queue."""
-    batches: queue.Queue[list[ScanEvent] | BaseException | None] = queue.Queue(maxsize=4)
-    stop = threading.Event()
-
-    def put(value: list[ScanEvent] | BaseException | None) -> bool:
-        while not stop.is_set():
-            try:
-                batches.put(value, timeout=0.2)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        batch: list[ScanEvent] = []
-        try:
-            for event in make():
-                batch.append(event)
-                if len(batch) >= SCAN_BATCH:
-                    if not put(batch):
-                        return
-                    batch = []
-            if batch and not put(batch):
-                return
-            put(None)
-        except BaseException as exc:  # handed to the event loop, which re-raises it
-            put(exc)
-
-    def take() -> list[ScanEvent] | BaseException | object | None:
-        # A bounded wait, so no executor thread outlives a cancelled run.
-        try:
-            return batches.get(timeout=0.5)
-        except queue.Empty:
-            return _DONE if not thread.is_alive() and batches.empty() else _EMPTY
-
-    thread = threading.Thread(target=produce, name="styldod-scan", daemon=True)
-    thread.start()
-    try:
-        while True:
-            got = await asyncio.to_thread(take)
-            if got is _EMPTY:
-                continue
-            if got is None or got is _DONE:
-                return
-            if isinstance(got, BaseException):
-                raise got
-            assert isinstance(got, list)
-            for event in got:
-                yield event
-    finally:
-        stop.set()
 
 
 def upload(

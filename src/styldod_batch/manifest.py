@@ -49,8 +49,8 @@ import orjson
 from styldod_batch.contract import CONTENT_TYPES_BY_SUFFIX, OPTION_TYPES
 from styldod_batch.errors import ConfigurationError, InputError
 from styldod_batch.models import ImageItem
-from styldod_batch.options import option_problem, show_value
-from styldod_batch.scan import GroupEnd, ScanEvent, folder_listing, shown
+from styldod_batch.options import coerce_option, option_problem, show_value
+from styldod_batch.scan import GroupEnd, ScanEvent, content_checked, folder_listing, shown
 
 FIELDS = frozenset({"path", "client_image_id", "order", "sequence", "options"})
 MAX_PROBLEMS = 1000
@@ -165,6 +165,8 @@ class StagedManifest:
         # A problem with the manifest as a whole: nothing of it can be used.
         self.fatal: ManifestProblem | None = None
         self.rows = 0
+        # Every option name its good rows set: the runner warns about the unknown ones.
+        self.option_names: set[str] = set()
 
     def __enter__(self) -> StagedManifest:
         return self
@@ -310,6 +312,7 @@ def _stage(staged: StagedManifest, path: Path) -> None:
                     alone = ManifestProblem(shown_manifest, row.line, "path", reason)
                     fail(record, [named], [str(alone)])
                 else:
+                    staged.option_names.update(row.options)
                     good.append(
                         (
                             row.line,
@@ -388,27 +391,31 @@ class ManifestFeed:
 
     can_relist = True
 
-    def __init__(self, path: Path, *, staged: StagedManifest | None = None) -> None:
+    def __init__(
+        self, path: Path, *, staged: StagedManifest | None = None, check_content: bool = False
+    ) -> None:
         self.path = path
         self._staged = staged
         self._owned = staged is None
+        # Each image's head and tail read in the feed's thread (``scan.content_checked``).
+        self._check = content_checked if check_content else iter
 
     def events(self) -> AsyncIterator[ScanEvent]:
-        from styldod_batch.engine import threaded
+        from styldod_batch.scan_thread import threaded
 
-        def generate() -> Iterator[ImageItem | InputError | GroupEnd]:
+        def generate() -> Iterator[ScanEvent]:
             if self._staged is None:
                 self._staged = stage_manifest(self.path)
-            yield from self._staged.events()
+            yield from self._check(self._staged.events())
 
         return threaded(generate)
 
     def relist(self, listing: str) -> AsyncIterator[ScanEvent]:
-        from styldod_batch.engine import threaded
+        from styldod_batch.scan_thread import threaded
 
         assert self._staged is not None
         staged = self._staged
-        return threaded(lambda: staged.listing_events(listing))
+        return threaded(lambda: self._check(staged.listing_events(listing)))
 
     def count(self, stop: threading.Event) -> int | None:
         # Staged already (by the runner): its rows; else the run stages it, and learns then.
@@ -494,6 +501,8 @@ class _Context:
         """Resolve the path and listing, check options, and build the row when nothing is
         wrong."""
         line = record.line
+        # A boolean exported as TRUE, yes or 1 by a spreadsheet is still a boolean.
+        options = {name: coerce_option(name, value) for name, value in options.items()}
         for option, value in options.items():
             reason = option_problem(option, value)
             if reason is not None:

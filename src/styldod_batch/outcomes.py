@@ -8,24 +8,27 @@ marked as an error is a failure of the report.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
+from styldod_batch.budget import Budget, ByteBucket, StoragePause, local_budget
 from styldod_batch.download import OutputDownloader, check_download_folder, open_download_session
 from styldod_batch.follow import OrderFollower
+from styldod_batch.ledger import Ledger
+from styldod_batch.output_policy import OutputHostPolicy
 from styldod_batch.report import Report
+from styldod_batch.settings import Settings
 from styldod_batch.status import is_final_status
-
-if TYPE_CHECKING:
-    from styldod_batch.engine import Uploader
 
 
 async def follow_report(
-    uploader: Uploader, follower: OrderFollower, report: Report, *, timeout_s: float
+    ledger: Ledger | None, follower: OrderFollower, report: Report, *, timeout_s: float
 ) -> bool:
     """Wait until every order of ``report`` is final (True), or ``timeout_s`` runs out."""
     report.phase = "waiting for orders"
-    ledger = uploader.ledger
+    started = time.monotonic()
     for order in report.orders:
         if order.order_id:
             row = await ledger.order_by_id(order.order_id) if ledger is not None else None
@@ -36,7 +39,13 @@ async def follow_report(
                 row.status if row else order.order_status,
                 row.image_list if row else None,
             )
-    finished = await follower.wait(timeout_s)
+    orders = follower.orders
+    report.step_progress = lambda: (sum(o.final for o in orders.values()), len(orders))
+    try:
+        finished = await follower.wait(timeout_s)
+    finally:
+        report.step_progress = None
+        report.step_s["wait"] = report.step_s.get("wait", 0.0) + time.monotonic() - started
     apply_outcomes(report, follower, finished=finished)
     return finished
 
@@ -71,27 +80,81 @@ def apply_outcomes(report: Report, follower: OrderFollower, *, finished: bool) -
         report.processing_failed += len(waiting)
 
 
-async def download_report(uploader: Uploader, report: Report, directory: Path) -> None:
+async def download_report(
+    settings: Settings,
+    ledger: Ledger | None,
+    storage_budget: Budget | None,
+    report: Report,
+    directory: Path,
+) -> None:
     """Fetch the outputs of the report's finished orders into ``DIR/<listing>/<image id>``."""
     check_download_folder(directory)
     report.phase = "downloading"
-    ledger = uploader.ledger
-    settings = uploader.settings
-    async with open_download_session(connections=settings.concurrency) as session:
+    started = time.monotonic()
+    finished = [
+        (order.label or order.key, order.order_id, order.outputs)
+        for order in report.orders
+        if order.order_id and is_final_status(order.order_status)
+    ]
+    before = sum(report.outputs.values())
+    total = sum(len(outputs) for _, _, outputs in finished)
+    report.step_progress = lambda: (sum(report.outputs.values()) - before, total)
+    try:
+        await download_orders(
+            settings,
+            directory,
+            finished,
+            report,
+            budget=storage_budget,
+            # Without a durable ledger, a file of the announced size counts as done.
+            ledger=ledger if ledger is not None and ledger.durable else None,
+        )
+    finally:
+        report.step_progress = None
+        report.step_s["download"] = report.step_s.get("download", 0.0) + time.monotonic() - started
+
+
+async def download_orders(
+    settings: Settings,
+    directory: Path,
+    orders: Iterable[tuple[str, str, list[dict[str, Any]]]],
+    report: Report,
+    *,
+    budget: Budget | None,
+    ledger: Ledger | None,
+) -> None:
+    """The one download path (a run's ``--download`` and the ``download`` command): each
+    order's (folder name, order ID, image list) into ``DIR/<folder>/<image id>``, every
+    output URL through the account's ``OutputHostPolicy``.
+
+    The image lists are the API's own answers: the follower takes them from GET
+    /v2/orders/{id}, never from a webhook's body, and the ledger records nothing else as an
+    order's final list (``follow.event_hint``)."""
+    policy = OutputHostPolicy.for_settings(settings)
+    if budget is None:  # no cap unless --download-rps; storage's SlowDown still pauses
+        budget = download_budget(settings)
+    async with open_download_session(connections=settings.concurrency, policy=policy) as session:
         downloader = OutputDownloader(
             session,
             directory,
-            budget=uploader.storage_budget,
-            # Without a durable ledger, a file of the announced size counts as done.
-            ledger=ledger if ledger is not None and ledger.durable else None,
+            budget=budget,
+            bandwidth=ByteBucket(settings.bwlimit) if settings.bwlimit else None,
+            ledger=ledger,
             retry=settings.retry,
             concurrency=settings.concurrency,
+            policy=policy,
         )
-        for order in report.orders:
-            if not order.order_id or not is_final_status(order.order_status):
-                continue
-            for outcome in await downloader.fetch_order(
-                order.label or order.key, order.order_id, order.outputs
-            ):
+        for folder, order_id, image_list in orders:
+            for outcome in await downloader.fetch_order(folder, order_id, image_list):
                 report.add_output(outcome.status, outcome.path, outcome.error, outcome.size)
     report.requests.retries += downloader.retries
+
+
+def download_budget(settings: Settings) -> Budget:
+    """The downloads' own budget, outside a run's (the ``download`` command): a cap of
+    ``download_rps`` requests/s, or none but storage's 429/SlowDown pauses."""
+    if settings.download_rps:
+        return local_budget(
+            settings.download_rps, margin_s=settings.window_margin_s, name="download"
+        )
+    return StoragePause(name="download", max_pause_s=settings.retry.max_server_wait_s)

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from rich.cells import cell_len
+
 from styldod_batch.logs import event
 from styldod_batch.report import Report
 
@@ -43,13 +45,15 @@ class Snapshot:
     elapsed_s: float
     # The budget's nominal rate when it is what sets the pace, else None.
     paced_by: float | None
+    # What ``done`` and ``total`` count: files, then orders finished, then outputs fetched.
+    unit: str = "files"
 
     def describe(self) -> str:
         """One line of text (the log's progress line)."""
         total = f"/{self.total}" if self.total is not None else " (scan going on)"
         eta = f", ETA {format_duration(self.eta_s)}" if self.eta_s is not None else ""
         parts = [
-            f"{self.phase}: {self.done}{total} files",
+            f"{self.phase}: {self.done}{total} {self.unit}",
             f"{self.files_per_s:.1f} files/s, {self.mb_per_s:.1f} MB/s{eta}",
         ]
         if self.already_done:
@@ -92,6 +96,23 @@ class Meter:
             and (granted - first[3]) / span >= 0.9 * self.budget.nominal_rate
         ):
             paced_by = self.budget.nominal_rate
+        step = report.step_progress
+        if step is not None:  # orders awaited, or outputs downloaded: count those
+            done, step_total = step()
+            unit = "orders" if report.phase == "waiting for orders" else "outputs"
+            return Snapshot(
+                phase=report.phase,
+                done=done,
+                total=step_total,
+                uploaded=report.uploaded,
+                already_done=report.already_done,
+                files_per_s=0.0,
+                mb_per_s=0.0,
+                eta_s=None,
+                elapsed_s=now - self.started,
+                paced_by=None,
+                unit=unit,
+            )
         return Snapshot(
             phase=report.phase,
             done=report.total,
@@ -173,46 +194,92 @@ class ProgressShow:
             self._live.stop()
 
 
+def fit_parts(parts: list[str], width: int, separator: str = "  ") -> str:
+    """Those of ``parts`` that fit in ``width`` cells, in their order, each whole (never cut
+    mid-word): one too long is left out, a shorter one after it may still fit."""
+    shown: list[str] = []
+    used = 0
+    for part in parts:
+        extra = cell_len(part) + (len(separator) if shown else 0)
+        if used + extra > width:
+            continue
+        shown.append(part)
+        used += extra
+    return separator.join(shown)
+
+
 class _TerminalLine:
-    """The live line, drawn by rich (it keeps log records above the line)."""
+    """The live line, drawn by rich (it keeps log records above the line), fitted to the
+    terminal's width: the bar narrows, then the least useful details go, each whole."""
 
-    def __init__(self) -> None:
+    BAR = 24
+
+    def __init__(self, console: Any = None) -> None:
         from rich.console import Console
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, Progress, TextColumn
 
-        self.console = Console(stderr=True)
+        self.console = console or Console(stderr=True)
+        self.bar = BarColumn(bar_width=self.BAR)
         self.progress = Progress(
-            TextColumn("{task.description:<16}"),
-            BarColumn(bar_width=24),
+            TextColumn("{task.description}"),
+            self.bar,
             TextColumn("{task.fields[count]}"),
-            TimeElapsedColumn(),
+            # The run's own clock, not the task's: rich's stops when the bar is full.
+            TextColumn("{task.fields[clock]}"),
             TextColumn("{task.fields[rest]}"),
             console=self.console,
             transient=False,
             auto_refresh=False,
+            expand=False,
         )
-        self.task = self.progress.add_task("scanning", total=None, count="", rest="")
+        self._all_columns = tuple(self.progress.columns)
+        self.task = self.progress.add_task("scanning", total=None, count="", clock="", rest="")
         self.progress.start()
 
     def show(self, snapshot: Snapshot) -> None:
+        unit = snapshot.unit
         if snapshot.total:
-            count = f"{snapshot.done}/{snapshot.total} {snapshot.done * 100 // snapshot.total}%"
-        else:
+            percent = min(100, snapshot.done * 100 // snapshot.total)
+            named = "" if unit == "files" else f" {unit}"  # (files: what the line is about)
+            count = f"{snapshot.done}/{snapshot.total}{named} {percent}%"
+        elif snapshot.total is None and unit == "files":
             count = f"{snapshot.done} files (scan going on)"
-        rest = [f"{snapshot.files_per_s:.1f} files/s {snapshot.mb_per_s:.1f} MB/s"]
+        else:
+            count = f"{snapshot.done} {unit}"
+        rest = []
+        if unit == "files":
+            rest.append(f"{snapshot.files_per_s:.1f} files/s {snapshot.mb_per_s:.1f} MB/s")
         if snapshot.eta_s is not None:
             rest.append(f"ETA {format_duration(snapshot.eta_s)}")
         if snapshot.already_done:
             rest.append(f"{snapshot.already_done} already done")
         if snapshot.paced_by is not None:
             rest.append(f"paced by the {snapshot.paced_by:g} req/s limit")
+        clock = format_duration(snapshot.elapsed_s)
+        # One cell is kept free: a line that fills the last column wraps on some terminals.
+        width = self.console.width - 1
+        fixed = cell_len(snapshot.phase) + 1 + cell_len(count) + 1 + cell_len(clock)
+        if fixed + 2 > width:  # a narrow terminal: the bare count
+            count = f"{snapshot.done}/{snapshot.total}" if snapshot.total else str(snapshot.done)
+            fixed = cell_len(snapshot.phase) + 1 + cell_len(count) + 1 + cell_len(clock)
+        room = width - fixed
+        # The bar takes what the details leave, narrowing to 10 cells before any goes.
+        wanted = cell_len("  ".join(rest)) + 1 if rest else 0
+        bar = max(min(self.BAR, room - 1 - wanted), min(10, room - 1))
+        if bar < 6:
+            bar = 0
+        self.bar.bar_width = bar or None
+        room -= bar + 1 if bar else 0
+        details = fit_parts(rest, room - 1) if room > 1 else ""
+        self.progress.columns = tuple(c for c in self._all_columns if c is not self.bar or bar)
         self.progress.update(
             self.task,
             description=snapshot.phase,
             total=snapshot.total,
             completed=snapshot.done,
             count=count,
-            rest="  ".join(rest),
+            clock=clock,
+            rest=details,
         )
         self.progress.refresh()
 

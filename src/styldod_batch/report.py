@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import resource
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +66,13 @@ class Report:
     # A report of the ``download`` command alone.
     download_only: bool = False
     bytes_downloaded: int = 0
+    # While orders are awaited or outputs downloaded: that step's (done, total), live, for
+    # the progress line.
+    step_progress: Callable[[], tuple[int, int | None]] | None = field(
+        default=None, repr=False, compare=False
+    )
+    # How long the steps after the upload took, in seconds: "wait", "download".
+    step_s: dict[str, float] = field(default_factory=dict)
 
     def add_image(self, result: ImageResult) -> None:
         self.total += 1
@@ -219,6 +227,13 @@ class Report:
             images = plural(order.images, "image")
             lines.append(f"  {pad(order.key, width)} {images:>11}  {status:<16} {detail}")
         lines.extend(self._failure_lines())
+        if self.step_s:
+            steps = [f"upload {self.elapsed_s:.1f} s"]
+            if "wait" in self.step_s:
+                steps.append(f"waiting for orders {self.step_s['wait']:.1f} s")
+            if "download" in self.step_s:
+                steps.append(f"download {self.step_s['download']:.1f} s")
+            lines.append("Time: " + ", ".join(steps))
         r = self.requests
         lines.append(
             f"Requests: {r.api} API, {r.storage} storage, {r.retries} retried, "

@@ -7,6 +7,10 @@ Inputs given twice, or nested inside another input, yield each file once.
 
 The walk holds one folder's listing at a time and yields as it goes; the engine runs it in a
 thread behind a bounded queue, so a tree of a million files never sits in memory.
+
+With ``check_content``, each image's head and tail are read in that thread too: a file whose
+bytes are not the type its name says, or a JPEG or PNG cut off, fails alone before its
+listing is ordered (``content.check_file``).
 """
 
 from __future__ import annotations
@@ -14,10 +18,11 @@ from __future__ import annotations
 import os
 import re
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from styldod_batch.content import check_file
 from styldod_batch.contract import CONTENT_TYPES_BY_SUFFIX
 from styldod_batch.errors import ConfigurationError, InputError
 from styldod_batch.models import ImageItem
@@ -135,23 +140,31 @@ class FolderScan:
     """The events of folder and file inputs, and of any one listing again (``relist``)."""
 
     def __init__(
-        self, paths: Sequence[str | os.PathLike[str]], *, follow_symlinks: bool = False
+        self,
+        paths: Sequence[str | os.PathLike[str]],
+        *,
+        follow_symlinks: bool = False,
+        check_content: bool = False,
     ) -> None:
         self.inputs = _sort_out(check_inputs(paths))
         self.follow_symlinks = follow_symlinks
+        self.check_content = check_content
 
-    def events(self) -> Iterator[ScanEvent]:
+    def events(self, *, check_content: bool = True) -> Iterator[ScanEvent]:
         """Walk every input; each folder's images form one listing.
 
         Each event is yielded as soon as it is known; ``GroupEnd`` follows a folder's last
         item. A link found in the walk that leads outside every input folder is skipped
         unless ``follow_symlinks``; inputs named on their own are always followed.
+        ``check_content`` False leaves the content unread (a count needs names only).
         """
+        check = self.check_content and check_content
         visited: set[tuple[int, int]] = set()
         for given, _real in self.inputs.folders:
-            yield from self._walk(given, visited)
+            yield from self._walk(given, visited, check)
         for folder, files in self.inputs.files.items():
-            yield from self._listing(files[0].parent, folder, [f.name for f in files], named=True)
+            names = [f.name for f in files]
+            yield from self._listing(files[0].parent, folder, names, check, named=True)
 
     def relist(self, listing: str) -> Iterator[ScanEvent]:
         """The events of one listing of these inputs, scanned again."""
@@ -159,22 +172,23 @@ class FolderScan:
             return
         real = listing[len(FOLDER_LISTING) :]
         names = self.inputs.files.get(real)
+        check = self.check_content
         if names is not None:
-            yield from self._listing(Path(real), real, [f.name for f in names], named=True)
+            yield from self._listing(Path(real), real, [f.name for f in names], check, named=True)
             return
         files, _folders, skipped = self._entries(Path(real))
         yield from skipped
-        yield from self._listing(Path(real), real, files)
+        yield from self._listing(Path(real), real, files, check)
 
     def _listing(
-        self, folder: Path, real: str, names: list[str], *, named: bool = False
+        self, folder: Path, real: str, names: list[str], check: bool, *, named: bool = False
     ) -> Iterator[ScanEvent]:
         names.sort(key=natural_key)
         listing = folder_listing(real)
-        yield from _files(folder, real, names, listing, named=named)
+        yield from _files(folder, real, names, listing, check=check, named=named)
         yield GroupEnd(listing)
 
-    def _walk(self, root: Path, visited: set[tuple[int, int]]) -> Iterator[ScanEvent]:
+    def _walk(self, root: Path, visited: set[tuple[int, int]], check: bool) -> Iterator[ScanEvent]:
         stack: list[Path] = [root]
         while stack:
             folder = stack.pop()
@@ -194,7 +208,7 @@ class FolderScan:
                 continue
             yield from skipped
             if files:
-                yield from self._listing(folder, os.path.realpath(folder), files)
+                yield from self._listing(folder, os.path.realpath(folder), files, check)
             # Reversed, so the stack pops sub-folders in natural order.
             stack.extend(folder / name for name in reversed(folders))
 
@@ -223,14 +237,24 @@ class FolderScan:
 
 
 def scan(
-    paths: Sequence[str | os.PathLike[str]], *, follow_symlinks: bool = False
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    follow_symlinks: bool = False,
+    check_content: bool = False,
 ) -> Iterator[ScanEvent]:
     """The events of folder and file inputs (see ``FolderScan.events``)."""
-    return FolderScan(paths, follow_symlinks=follow_symlinks).events()
+    scanner = FolderScan(paths, follow_symlinks=follow_symlinks, check_content=check_content)
+    return scanner.events()
 
 
 def _files(
-    folder: Path, real_folder: str, names: list[str], listing: str, *, named: bool = False
+    folder: Path,
+    real_folder: str,
+    names: list[str],
+    listing: str,
+    *,
+    check: bool = False,
+    named: bool = False,
 ) -> Iterator[ScanEvent]:
     """The images among ``names``; a file that is not one is skipped, or, when it was
     ``named`` on its own as an input, fails (as a manifest row naming it does)."""
@@ -265,6 +289,10 @@ def _files(
         if not os.access(path, os.R_OK):
             yield InputError(text, "permission denied: the file is not readable")
             continue
+        problem = _content_problem(text, info.st_size, content_type) if check else None
+        if problem is not None:
+            yield InputError(text, problem)
+            continue
         yield ImageItem(
             path=text,
             relative=name,
@@ -274,6 +302,25 @@ def _files(
             group=group,
             listing=listing,
         )
+
+
+def content_checked(events: Iterable[ScanEvent]) -> Iterator[ScanEvent]:
+    """``events`` with each image whose content is not what its name says (or that is cut
+    off) turned into an ``InputError``: for inputs that are not a folder walk (a manifest)."""
+    for event in events:
+        if isinstance(event, ImageItem):
+            problem = _content_problem(event.path, event.size, event.content_type)
+            if problem is not None:
+                yield InputError(event.path, problem)
+                continue
+        yield event
+
+
+def _content_problem(path: str, size: int, content_type: str) -> str | None:
+    try:
+        return check_file(path, size, content_type)
+    except OSError as exc:
+        return _reason(exc)
 
 
 def _is_dir(entry: os.DirEntry[str]) -> bool:

@@ -1,4 +1,7 @@
-"""One ``Settings`` object for a run: defaults < environment < explicit arguments."""
+"""One ``Settings`` object for a run: defaults < environment < explicit arguments.
+
+Each field is described once in ``option_registry`` (type, default, variable, flag, job-file
+key, help); a test checks that the fields and their defaults agree with it."""
 
 from __future__ import annotations
 
@@ -13,14 +16,12 @@ from urllib.parse import urlsplit
 from styldod_batch.budget import WINDOW_MARGIN_S
 from styldod_batch.contract import DEFAULT_CONTRACT, Contract
 from styldod_batch.errors import ConfigurationError
+from styldod_batch.identity import canonical_base_url
+from styldod_batch.option_registry import DEFAULT_BASE_URL, from_environ, layered
 from styldod_batch.options import option_problem
 
-DEFAULT_BASE_URL = "https://orderapi.styldod.com"
 ENV_API_KEY = "STYLDOD_API_KEY"
 ENV_API_SECRET = "STYLDOD_API_SECRET"  # noqa: S105 (the variable's name, not a secret)
-ENV_BASE_URL = "STYLDOD_BASE_URL"
-ENV_STATE = "STYLDOD_STATE"
-ENV_BUDGET = "STYLDOD_BUDGET_URL"
 
 OrderBy = Literal["folder", "none"]
 # Uploads in flight at once: beyond this, more workers only cost memory (each holds a buffer).
@@ -68,8 +69,15 @@ class Settings:
     contract: Contract = DEFAULT_CONTRACT
     # Requests per second that may arrive at the API, in any sliding one-second window.
     rps: float = 20.0
-    # None: storage PUTs share the API's budget. 0: unlimited. R: a budget of their own.
+    # Storage PUTs (and output downloads): None or 0, no cap (the API does not count them;
+    # storage's own 429/SlowDown pauses them). R: a budget of their own.
     upload_rps: float | None = None
+    download_rps: float | None = None
+    # The old pace: PUTs and downloads without a cap of their own (``upload_rps``,
+    # ``download_rps``) take the API's budget with the API calls.
+    share_api_budget: bool = False
+    # Bytes per second across every PUT and download together (``--bwlimit``); None: no cap.
+    bwlimit: int | None = None
     # Safety margin added to the one-second window, for delivery jitter on the way.
     window_margin_s: float = WINDOW_MARGIN_S
     concurrency: int = 16
@@ -105,6 +113,12 @@ class Settings:
     reorder_changed: bool = False
     # Follow links that lead outside the input folders (else they are skipped, and named).
     follow_symlinks: bool = False
+    # Read each image's head and tail first: a file that is not the image its name says, or
+    # a JPEG or PNG cut off, fails alone before its listing is ordered (content.py).
+    check_content: bool = True
+    # Fetch outputs from link-local, private, loopback or unspecified addresses too (by
+    # default: https to public addresses only, plus loopback when the API is on loopback).
+    allow_private_outputs: bool = False
     # Who shares the key's rate budget: "process" (this one), "file:[DIR]" (every process of
     # this machine), "redis://HOST:PORT/DB" (every machine); None: the processes that share
     # the ledger folder. May hold a Redis password: never shown.
@@ -116,6 +130,9 @@ class Settings:
 
     def __post_init__(self) -> None:
         validate(self)
+        # One spelling per service (RFC 3986): HTTPS://Host:443/v2/./ and https://host/v2
+        # are one account, one ledger (identity.canonical_base_url).
+        object.__setattr__(self, "base_url", canonical_base_url(self.base_url))
 
     @property
     def api_origin(self) -> str:
@@ -124,6 +141,14 @@ class Settings:
 
     def with_changes(self, **changes: Any) -> Settings:
         return replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings as the runner reads them: the ``STYLDOD_*`` variables (``os.environ``, or
+        ``environ``; one per setting, see ``option_registry``) over the defaults, then
+        ``overrides`` (None values are ignored; options merge name by name). A variable
+        that does not parse raises ``ConfigurationError`` naming it."""
+        return from_environment(environ, **overrides)
 
 
 def is_loopback_host(host: str) -> bool:
@@ -145,8 +170,14 @@ def validate(settings: Settings) -> None:
             "(plain http is accepted for loopback hosts alone)"
         )
     _check_number("rps", settings.rps, positive=True)
-    if settings.upload_rps is not None:
-        _check_number("upload_rps", settings.upload_rps, positive=False)
+    for name in ("upload_rps", "download_rps"):
+        cap = getattr(settings, name)
+        if cap is not None:
+            _check_number(name, cap, positive=False)
+    if settings.bwlimit is not None and not (
+        isinstance(settings.bwlimit, int) and settings.bwlimit >= 1
+    ):
+        raise ConfigurationError(f"bwlimit must be at least 1 byte/s, not {settings.bwlimit!r}")
     if not 1 <= settings.concurrency <= MAX_CONCURRENCY:
         raise ConfigurationError(
             f"concurrency must be between 1 and {MAX_CONCURRENCY}, not {settings.concurrency}"
@@ -200,18 +231,7 @@ def _check_number(name: str, value: float, *, positive: bool) -> None:
 
 
 def from_environment(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-    """Settings from ``STYLDOD_*`` variables, then ``overrides`` (None values are ignored)."""
+    """Settings from the ``STYLDOD_*`` variables (one per setting, see ``option_registry``),
+    then ``overrides`` (None values are ignored; options merge name by name)."""
     env = os.environ if environ is None else environ
-    values: dict[str, Any] = {}
-    if env.get(ENV_BASE_URL):
-        values["base_url"] = env[ENV_BASE_URL]
-    if env.get(ENV_API_KEY):
-        values["api_key"] = env[ENV_API_KEY]
-    if env.get(ENV_API_SECRET):
-        values["api_secret"] = env[ENV_API_SECRET]
-    if env.get(ENV_STATE):
-        values["state"] = env[ENV_STATE]
-    if env.get(ENV_BUDGET):
-        values["budget"] = env[ENV_BUDGET]
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return Settings(**values)
+    return Settings(**layered(from_environ(env), overrides))

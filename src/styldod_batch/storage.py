@@ -41,7 +41,7 @@ from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
 
 from styldod_batch.api import CountingMiddleware, read_at_most
-from styldod_batch.budget import Budget, sent_trace
+from styldod_batch.budget import Budget, ByteBucket, sent_trace
 from styldod_batch.errors import (
     InputError,
     IntegrityError,
@@ -105,10 +105,13 @@ class FileStream:
     """A file's bytes from disk in fixed chunks, hashed on the way; exactly ``item.size``
     bytes, or an ``InputError`` (kept in ``error``: aiohttp wraps what a body raises)."""
 
-    __slots__ = ("_chunks", "chunk_size", "digest", "error", "item")
+    __slots__ = ("_bandwidth", "_chunks", "chunk_size", "digest", "error", "item")
 
-    def __init__(self, item: ImageItem, chunk_size: int) -> None:
+    def __init__(
+        self, item: ImageItem, chunk_size: int, bandwidth: ByteBucket | None = None
+    ) -> None:
         self.item = item
+        self._bandwidth = bandwidth  # --bwlimit: each chunk waits for its share of the line
         self.chunk_size = chunk_size
         self.digest = hashlib.md5(usedforsecurity=False)
         self.error: InputError | None = None
@@ -132,6 +135,8 @@ class FileStream:
                         raise InputError(item.path, "file shrank during its upload")
                     remaining -= len(chunk)
                     self.digest.update(chunk)
+                    if self._bandwidth is not None:
+                        await self._bandwidth.take(len(chunk))
                     yield chunk
                 if await handle.read(1):
                     raise InputError(item.path, "file grew during its upload")
@@ -154,9 +159,12 @@ class FileUploader:
         *,
         accept_missing_etag: bool = False,
         ssl_context: ssl.SSLContext | None = None,
+        bandwidth: ByteBucket | None = None,
     ) -> None:
         self.settings = settings
         self.budget = budget
+        # --bwlimit: every body, small ones too, goes out in chunks paced by this bucket.
+        self.bandwidth = bandwidth
         self.counters = counters
         # Only for a target that stores bodies but sends no ETag (a WebDAV sink in the
         # benchmarks); S3 always answers a PUT with one.
@@ -168,11 +176,15 @@ class FileUploader:
             CountingMiddleware(counters, "storage"),
         )
         self._session: aiohttp.ClientSession | None = None
+        self._closed = False
         self._proxies: dict[tuple[str, str | None, int | None], Proxy] = {}
 
     @property
     def session(self) -> aiohttp.ClientSession:
-        """Made on first use, inside the running event loop."""
+        """Made on first use, inside the running event loop; never again once closed (a run
+        still going after its ``Uploader`` closed would leave a session open)."""
+        if self._closed:
+            raise RuntimeError("the file uploader is closed")
         if self._session is None:
             connector = aiohttp.TCPConnector(
                 limit=self.settings.concurrency, ttl_dns_cache=300, ssl=self._ssl
@@ -191,6 +203,7 @@ class FileUploader:
         return self._session
 
     async def close(self) -> None:
+        self._closed = True
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -226,11 +239,18 @@ class FileUploader:
         )
         for _hop in range(MAX_REDIRECTS + 1):
             proxy, proxy_auth = await self._proxy_for(url)
-            stream = None if small else FileStream(item, self.settings.stream_chunk_bytes)
+            stream = (
+                None
+                if small
+                else FileStream(item, self.settings.stream_chunk_bytes, self.bandwidth)
+            )
+            data: bytes | FileStream | AsyncIterator[bytes] = body if stream is None else stream
+            if stream is None and self.bandwidth is not None:
+                data = paced(body, self.bandwidth, self.settings.stream_chunk_bytes)
             try:
                 async with self.session.put(
                     url,
-                    data=body if stream is None else stream,
+                    data=data,
                     headers=headers,
                     timeout=timeout,
                     proxy=proxy,
@@ -292,6 +312,15 @@ class FileUploader:
             raise InputError(item.path, f"vanished during its upload: {exc.strerror}") from exc
         if info.st_size != item.size or info.st_mtime_ns != item.mtime_ns:
             raise InputError(item.path, "file changed during its upload")
+
+
+async def paced(body: bytes, bandwidth: ByteBucket, chunk_size: int) -> AsyncIterator[bytes]:
+    """A small file's bytes in chunks, each after its share of ``bandwidth``."""
+    view = memoryview(body)
+    for start in range(0, len(body), chunk_size):
+        chunk = view[start : start + chunk_size]
+        await bandwidth.take(len(chunk))
+        yield bytes(chunk)
 
 
 def redirect_target(current: URL, location: str | None) -> URL:

@@ -4,8 +4,6 @@ the orders to their end by webhooks or polling, and download the edited outputs.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import signal
 import sys
 import time
@@ -13,12 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from styldod_batch.download import OutputDownloader, open_download_session
 from styldod_batch.engine import Source, Uploader
 from styldod_batch.errors import RunAborted
+from styldod_batch.follow import OrderFollower
 from styldod_batch.ledger import Ledger, open_ledger
+from styldod_batch.metrics import MetricsFile
+from styldod_batch.outcomes import download_orders
 from styldod_batch.progress import ProgressShow
 from styldod_batch.report import Report, peak_rss_mb
+from styldod_batch.review.runlog import RunRecorder
 from styldod_batch.settings import Settings
 
 if TYPE_CHECKING:  # the receiver (and aiohttp.web) only when a run listens
@@ -42,30 +43,29 @@ class FollowOptions:
         return self.wait or self.listen is not None or self.download_dir is not None
 
 
-def webhook_token(settings: Settings) -> str:
-    """Stable across runs of one account (so orders placed earlier still reach us, whatever
-    port or public URL a later run listens on), and not guessable without the API key."""
-    secret = (settings.api_key or "").encode()
-    account = settings.base_url.rstrip("/").encode()
-    return hmac.new(secret, b"webhook|" + account, hashlib.sha256).hexdigest()[:32]
-
-
 async def run_job(
-    settings: Settings, paths: Source, follow: FollowOptions, *, progress: str
+    settings: Settings,
+    paths: Source,
+    follow: FollowOptions,
+    *,
+    progress: str,
+    metrics: MetricsFile | None = None,
 ) -> Report | RunAborted:
-    """Run the job; SIGINT/SIGTERM stop it gracefully, a second one at once."""
+    """Run the job; SIGINT/SIGTERM stop it gracefully, a second one at once. ``metrics``:
+    written every few seconds while it runs (the caller writes the final one)."""
     if follow.listen is None:
-        return await _run_job(settings, paths, follow, None, progress=progress)
+        return await _run_job(settings, paths, follow, None, progress=progress, metrics=metrics)
+    from styldod_batch.webhook_secret import webhook_secret
     from styldod_batch.webhooks import WebhookReceiver
 
     host, port = follow.listen
     # It listens before the run is ready to record events: until then it answers 503, and
     # the service delivers again (an acknowledged event is never lost).
-    receiver = WebhookReceiver(host, port, token=webhook_token(settings), hold_until_handled=True)
+    receiver = WebhookReceiver(host, port, token=webhook_secret(settings), hold_until_handled=True)
     async with receiver:
         base = (follow.public_url or f"http://{host}:{receiver.port}").rstrip("/")
         settings = settings.with_changes(webhook_url=base + receiver.path)
-        return await _run_job(settings, paths, follow, receiver, progress=progress)
+        return await _run_job(settings, paths, follow, receiver, progress=progress, metrics=metrics)
 
 
 async def _run_job(
@@ -75,13 +75,19 @@ async def _run_job(
     receiver: WebhookReceiver | None,
     *,
     progress: str,
+    metrics: MetricsFile | None = None,
 ) -> Report | RunAborted:
     """``progress``: "terminal" (a live line), "log" (a log line now and then) or "none"."""
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
     assert main is not None
-    async with Uploader(settings.with_changes(poll_interval_s=follow.poll_interval_s)) as uploader:
+    async with (
+        Uploader(settings.with_changes(poll_interval_s=follow.poll_interval_s)) as uploader,
+        RunRecorder(uploader),  # the run's timeline, beside the ledger, for the review page
+    ):
         show = None
+        if metrics is not None:
+            metrics.start(lambda: uploader.current_report)
         if progress != "none":
             show = ProgressShow(
                 lambda: uploader.current_report,
@@ -118,6 +124,8 @@ async def _run_job(
                 loop.remove_signal_handler(signum)
             if show is not None:
                 await show.close()
+            if metrics is not None:
+                await metrics.stop()
     return result
 
 
@@ -137,30 +145,62 @@ async def _upload_and_follow(
 
 
 async def download_from_ledger(settings: Settings, directory: Path) -> Report:
-    """The ``download`` command: the outputs of every finished order the ledger knows."""
+    """The ``download`` command: the outputs of every finished order the ledger knows.
+
+    With the account's key, the orders the ledger does not know as finished are asked about
+    first (a webhook receiver records events as hints only): those the API says are
+    finished download too."""
     started = time.monotonic()
-    ledger: Ledger = await open_ledger(settings)
     report = Report(download_only=True, phase="downloading")
-    try:
-        async with open_download_session(connections=settings.concurrency) as session:
-            downloader = OutputDownloader(
-                session,
-                directory,
-                budget=None,
-                ledger=ledger,
-                retry=settings.retry,
-                concurrency=settings.concurrency,
-            )
-            for row in await ledger.orders():
-                if row.order_id and row.final:
-                    for outcome in await downloader.fetch_order(
-                        row.label, row.order_id, row.image_list
-                    ):
-                        report.add_output(outcome.status, outcome.path, outcome.error, outcome.size)
-        report.requests.retries += downloader.retries
-    finally:
-        await ledger.close()
+    if settings.api_key:
+        async with Uploader(settings) as uploader:
+            assert uploader.ledger is not None
+            await _ask_unfinished(uploader, uploader.ledger)
+            await _download_finished(settings, uploader.ledger, directory, report)
+    else:
+        ledger: Ledger = await open_ledger(settings)
+        try:
+            await _download_finished(settings, ledger, directory, report)
+        finally:
+            await ledger.close()
     report.elapsed_s = time.monotonic() - started
     report.peak_rss_mb = peak_rss_mb()
     report.phase = "done"
     return report
+
+
+async def refresh_open_orders(settings: Settings) -> tuple[int, dict[str, int]]:
+    """The ``refresh`` command: ask the API about every order of the ledger that is not
+    final; returns how many were asked about, and the orders by status afterwards."""
+    async with Uploader(settings) as uploader:
+        assert uploader.ledger is not None
+        asked = await _ask_unfinished(uploader, uploader.ledger)
+        states: dict[str, int] = {}
+        for row in await uploader.ledger.orders():
+            if row.order_id:
+                states[row.status or "unknown"] = states.get(row.status or "unknown", 0) + 1
+    return asked, states
+
+
+async def _ask_unfinished(uploader: Uploader, ledger: Ledger) -> int:
+    follower = OrderFollower(uploader.api, ledger, poll=True)
+    asked = 0
+    for row in await ledger.orders():
+        if row.order_id and not row.final:
+            follower.watch(row.label, row.order_id, row.status)
+            asked += 1
+    await follower.refresh()
+    await ledger.flush()
+    return asked
+
+
+async def _download_finished(
+    settings: Settings, ledger: Ledger, directory: Path, report: Report
+) -> None:
+    # A final row's image list is the API's answer (a webhook only ever records a hint).
+    finished = [
+        (row.label, row.order_id, row.image_list)
+        for row in await ledger.orders()
+        if row.order_id and row.final
+    ]
+    await download_orders(settings, directory, finished, report, budget=None, ledger=ledger)

@@ -6,6 +6,7 @@ processes of one machine (``on_file``), every machine (``on_redis``, the same st
 the clock and the aiohttp middleware; ``choose`` opens the one a run asks for.
 """
 
+from styldod_batch.budget.bandwidth import ByteBucket, parse_bytes_rate
 from styldod_batch.budget.choose import open_budget
 from styldod_batch.budget.core import (
     LATE_SEND_S,
@@ -19,7 +20,13 @@ from styldod_batch.budget.core import (
     drip_interval,
     sent_trace,
 )
-from styldod_batch.budget.memory import SHARED_MAX_RATE, RateBudget, ThroughputCap, local_budget
+from styldod_batch.budget.memory import (
+    SHARED_MAX_RATE,
+    RateBudget,
+    StoragePause,
+    ThroughputCap,
+    local_budget,
+)
 
 __all__ = [
     "LATE_SEND_S",
@@ -28,13 +35,16 @@ __all__ = [
     "WINDOW_MARGIN_S",
     "Budget",
     "BudgetMiddleware",
+    "ByteBucket",
     "Clock",
     "Grant",
     "MonotonicClock",
     "RateBudget",
+    "StoragePause",
     "ThroughputCap",
     "drip_interval",
     "local_budget",
     "open_budget",
+    "parse_bytes_rate",
     "sent_trace",
 ]

@@ -9,6 +9,9 @@ API allows (``SHARED_MAX_RATE`` and below).
 ``ThroughputCap`` is for rates beyond that (``--upload-rps 1000``): a token bucket
 (``aiolimiter``) that caps throughput on average. It is not a sliding-window promise, and
 never the API's budget.
+
+``StoragePause`` caps nothing: it only pauses its callers when storage answers 429 or
+SlowDown (storage traffic's default, which the API's limit does not count).
 """
 
 from __future__ import annotations
@@ -187,6 +190,45 @@ class ThroughputCap:
 
     def pause_remaining_s(self) -> float:
         return max(0.0, self._paused_until - time.monotonic())
+
+    def middleware(self, *, low_priority: bool = False) -> BudgetMiddleware:
+        return BudgetMiddleware(self, low_priority=low_priority)
+
+
+class StoragePause:
+    """No cap at all, only storage's own word: a 429 or SlowDown pauses every caller of this
+    budget for its (capped) ``Retry-After``, as a rate budget's pause does, and then traffic
+    goes on at full speed. The default for PUTs and downloads, which the API's limit does
+    not count: concurrency bounds them."""
+
+    def __init__(
+        self, *, name: str = "storage", max_pause_s: float = 20.0, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
+        self.name = name
+        self.nominal_rate = 0.0  # no cap
+        self.max_pause_s = max_pause_s
+        self.granted = 0
+        self.rate_limited = 0
+        self._clock = clock
+        self._paused_until = 0.0
+
+    @property
+    def current_rate(self) -> float:
+        return self.nominal_rate
+
+    async def acquire(self, *, low_priority: bool = False) -> Grant:
+        while (pause := self.pause_remaining_s()) > 0:
+            await self._clock.sleep(pause)
+        self.granted += 1
+        return Grant(time.monotonic(), _nothing)
+
+    def slow_down(self, retry_after_s: float) -> None:
+        pause = min(retry_after_s, self.max_pause_s) if retry_after_s > 0 else 0.0
+        self.rate_limited += 1
+        self._paused_until = max(self._paused_until, self._clock.now() + pause)
+
+    def pause_remaining_s(self) -> float:
+        return max(0.0, self._paused_until - self._clock.now())
 
     def middleware(self, *, low_priority: bool = False) -> BudgetMiddleware:
         return BudgetMiddleware(self, low_priority=low_priority)

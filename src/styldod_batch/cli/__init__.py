@@ -12,14 +12,27 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from styldod_batch.cli import demo, download, sandbox, status, upload, webhooks
+from styldod_batch.cli import (
+    demo,
+    download,
+    refresh,
+    release,
+    report,
+    sandbox,
+    status,
+    upload,
+    webhooks,
+)
 from styldod_batch.cli.common import (
     EXIT_BROKEN_PIPE,
     EXIT_INTERRUPTED,
+    EXIT_LEDGER,
     EXIT_USAGE,
+    configuration_exit,
+    json_error,
 )
-from styldod_batch.cli.parser import Parser
-from styldod_batch.errors import ConfigurationError
+from styldod_batch.cli.parser import Parser, UsageError
+from styldod_batch.errors import ConfigurationError, LedgerFailure
 from styldod_batch.runtime import steady_heap
 from styldod_batch.version import __version__
 
@@ -34,21 +47,38 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", parser_class=Parser
     )
-    for command in (upload, status, download, webhooks, demo, sandbox):
+    for command in (upload, status, refresh, report, download, release, webhooks, demo, sandbox):
         command.add_parser(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parser.parse_args(given)
+    except UsageError as exc:
+        if "--json" in given:
+            json_error(exc.message, EXIT_USAGE, "usage")
+        raise
     steady_heap()
     try:
         code: int = args.func(args)
         sys.stdout.flush()
-    except ConfigurationError as exc:
+    except LedgerFailure as exc:
+        # Not a usage error: the arguments were fine, the ledger could not record the run.
         print(f"styldod-batch: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        if getattr(args, "json", None) or "--json" in given:
+            json_error(str(exc), EXIT_LEDGER, "ledger")
+        return EXIT_LEDGER
+    except ConfigurationError as exc:
+        # A coordinator (Redis, PostgreSQL) that does not answer at start is transient: a
+        # nightly job retries on 4, and fixes its arguments on 2.
+        code, kind = configuration_exit(exc)
+        print(f"styldod-batch: {exc}", file=sys.stderr)
+        if getattr(args, "json", None) or "--json" in given:
+            json_error(str(exc), code, kind)
+        return code
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except BrokenPipeError:

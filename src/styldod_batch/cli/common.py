@@ -4,13 +4,18 @@ command that talks to the API takes, settings from arguments, and the final repo
 from __future__ import annotations
 
 import argparse
-import math
+import errno
+import logging
+import os
+import socket
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import orjson
 
 from styldod_batch import logs
+from styldod_batch import option_registry as registry
 from styldod_batch.contract import OPTION_TYPES
 from styldod_batch.errors import (
     AuthenticationError,
@@ -18,20 +23,37 @@ from styldod_batch.errors import (
     RunAborted,
     ServiceUnreachable,
 )
-from styldod_batch.jobfile import load_job_file, merge_settings
+from styldod_batch.jobfile import load_job_file
 from styldod_batch.ledger import is_postgres_url, known_ledgers
 from styldod_batch.ledger import ledger_path as account_ledger_path
-from styldod_batch.options import option_problem
+from styldod_batch.option_registry import BY_NAME, SETTINGS, add_flags, from_environ, layered
+from styldod_batch.options import check_option_names, coerce_option, option_problem
 from styldod_batch.report import Report
 from styldod_batch.settings import Settings, from_environment
+
+T = TypeVar("T")
 
 EXIT_OK = 0
 EXIT_FAILURES = 1
 EXIT_USAGE = 2
 EXIT_AUTH = 3
 EXIT_UNREACHABLE = 4
+# The ledger could not record what the run did (full disk, a write that failed...).
+EXIT_LEDGER = 5
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell shows for `ls | head`
+
+
+def _argument(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """A registry parser as an argparse type: its reason becomes argparse's message."""
+
+    def parsed(text: str) -> T:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parsed
 
 
 def probability(text: str) -> float:
@@ -44,25 +66,16 @@ def probability(text: str) -> float:
     return value
 
 
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is negative")
-    return value
-
-
-def positive_int(text: str) -> int:
-    value = non_negative_int(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
+non_negative_int = _argument(registry.non_negative_int)
+positive_int = _argument(registry.positive_int)
+rate = _argument(registry.rate)
+seconds = _argument(registry.seconds)
+host_port = _argument(registry.host_port)
 
 
 def option_value(text: str) -> tuple[str, Any]:
-    """``key=value``; the value is read as JSON when it parses (true, 3, "x"), else a string."""
+    """``key=value``; the value is read as JSON when it parses (true, 3, "x"), else a string;
+    a boolean option also takes TRUE, yes, 0..."""
     name, sep, raw = text.partition("=")
     if not sep or not name.strip():
         raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
@@ -73,98 +86,40 @@ def option_value(text: str) -> tuple[str, Any]:
             value = orjson.loads(raw)
         except orjson.JSONDecodeError:
             value = raw
+    value = coerce_option(name, value)
     problem = option_problem(name, value)
     if problem is not None:
         raise argparse.ArgumentTypeError(f"option {name} {problem}")
     return name, value
 
 
-def rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is negative")
-    return value
-
-
-def seconds(text: str) -> float:
-    value = rate(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("must be more than 0 seconds")
-    return value
-
-
-def host_port(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
-    return host.strip("[]"), int(port)
-
-
 def add_state_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--state",
-        "--journal",
-        dest="state",
-        metavar="PATH",
-        help="where the account's ledger lives: a folder (one ledger per account inside) or "
-        "a file (default: $STYLDOD_STATE, else $XDG_STATE_HOME/styldod-batch/); --journal is "
-        "another name for it",
-    )
+    add_flags(p, ["state"])
 
 
 def add_connection_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--base-url",
-        metavar="URL",
-        help="the Order API (default: $STYLDOD_BASE_URL or https://orderapi.styldod.com)",
-    )
-    p.add_argument(
-        "--api-key",
-        metavar="KEY",
-        help="the API key (default: $STYLDOD_API_KEY); prefer the variable, "
-        "command lines are visible to other users",
-    )
-    p.add_argument(
-        "--api-secret",
-        metavar="SECRET",
-        help="authenticate with HTTP Basic, key and this secret (default: $STYLDOD_API_SECRET)",
-    )
-    p.add_argument(
-        "--api-version", metavar="DATE", help="send this dated API version in the version header"
-    )
+    add_flags(p, ["base_url", "api_key", "api_secret", "api_version"])
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    options = dict(args.option) if getattr(args, "option", None) else None
-    flags = dict(
-        base_url=args.base_url,
-        api_key=args.api_key,
-        api_secret=args.api_secret,
-        api_version=args.api_version,
-        rps=getattr(args, "rps", None),
-        upload_rps=getattr(args, "upload_rps", None),
-        concurrency=getattr(args, "concurrency", None),
-        order_by=getattr(args, "order_by", None),
-        order_size=getattr(args, "order_size", None),
-        options=options,
-        webhook_url=getattr(args, "webhook_url", None),
-        dry_run=getattr(args, "dry_run", False) or None,
-        state=getattr(args, "state", None),
-        ledger=False if getattr(args, "no_journal", False) else None,
-        force_state=getattr(args, "force", False) or None,
-        follow_ups=False if getattr(args, "no_follow_up", False) else None,
-        reorder_changed=getattr(args, "reorder_changed", False) or None,
-        follow_symlinks=getattr(args, "follow_symlinks", False) or None,
-        lease_s=getattr(args, "lease", None),
-        budget=getattr(args, "budget", None),
-    )
-    job = getattr(args, "job", None)
-    return from_environment(**(merge_settings(load_job_file(job), flags) if job else flags))
+    """The run's settings: defaults < job file (``--job``) < environment < flags, for every
+    setting of ``option_registry``. The runner's own settings (``wait``, ``max_images``...)
+    are written back into ``args``, resolved the same way."""
+    flags = {s.name: getattr(args, s.name, None) for s in SETTINGS}
+    if flags["options"] is not None:
+        flags["options"] = dict(flags["options"])
+    job_path = getattr(args, "job", None)
+    job = load_job_file(job_path, strict_options=bool(flags["strict_options"])) if job_path else {}
+    defaults = {s.name: s.default for s in SETTINGS}
+    values = layered(defaults, job, from_environ(os.environ), flags)
+    for setting in SETTINGS:
+        if not setting.in_settings and hasattr(args, setting.name):
+            setattr(args, setting.name, values.get(setting.name))
+    if hasattr(args, "log_format"):
+        setup_output(args)  # so that what the settings warn about reaches the chosen log
+    given_options = flags["options"] or {}
+    check_option_names(given_options, "--option", strict=bool(values["strict_options"]))
+    return Settings(**{k: v for k, v in values.items() if BY_NAME[k].in_settings})
 
 
 def existing_ledger(args: argparse.Namespace) -> Settings:
@@ -202,51 +157,148 @@ def existing_ledger(args: argparse.Namespace) -> Settings:
     )
 
 
-def finish(result: Report | RunAborted, *, as_json: bool) -> int:
+def finish(
+    result: Report | RunAborted, *, as_json: bool, quiet: bool = False, log_format: str = "text"
+) -> int:
+    """Print the report (``quiet``: only when something went wrong) and return the exit
+    status; a JSON log (``log_format`` "json") ends with a ``summary`` event of its counts."""
     aborted = result if isinstance(result, RunAborted) else None
     report = result.report if isinstance(result, RunAborted) else result
+    code, problem = exit_status(result)
+    if log_format == "json":
+        log_summary(report, code, problem)
     if as_json:
         body = report.to_dict()
         if aborted is not None:
             body["aborted"] = str(aborted.cause)
+        if problem is not None:
+            body["error"] = problem
+        body["exit_status"] = code
         sys.stdout.write(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode() + "\n")
-    else:
+    elif isinstance(aborted, RunAborted) and isinstance(aborted.cause, ServiceUnreachable):
+        pass  # nothing was done: the one line below says it all
+    elif not (quiet and code == EXIT_OK):
         print(report.summary())
-    if report.interrupted:
-        return EXIT_INTERRUPTED
-    if aborted is not None:
-        if isinstance(aborted.cause, ServiceUnreachable):
-            print(f"styldod-batch: {aborted.cause}", file=sys.stderr)
-            return EXIT_UNREACHABLE
-        print(f"styldod-batch: stopped: {aborted.cause}", file=sys.stderr)
-        if isinstance(aborted.cause, AuthenticationError):
-            print(
-                "styldod-batch: the API refused the key: check STYLDOD_API_KEY / --api-key",
-                file=sys.stderr,
-            )
-            return EXIT_AUTH
-        return EXIT_FAILURES
-    return EXIT_OK if report.ok else EXIT_FAILURES
+    if problem is not None:
+        print(f"styldod-batch: {problem}", file=sys.stderr)
+    if isinstance(aborted, RunAborted) and isinstance(aborted.cause, AuthenticationError):
+        print(
+            "styldod-batch: the API refused the key: check STYLDOD_API_KEY / --api-key",
+            file=sys.stderr,
+        )
+    return code
+
+
+def log_summary(report: Report, code: int, problem: str | None) -> None:
+    """The run's last log record: the report's counts (info; warning when it failed)."""
+    body = report.to_dict()
+    states: dict[str, int] = {}
+    for order in report.orders:
+        state = order.order_status or order.status
+        states[state] = states.get(state, 0) + 1
+    fields: dict[str, Any] = {
+        "images": body.get("images", {}),
+        "orders": states,
+        "outputs": dict(report.outputs),
+        "requests": body["requests"],
+        "bytes_uploaded": report.bytes_uploaded,
+        "bytes_downloaded": report.bytes_downloaded,
+        "elapsed_s": body["elapsed_s"],
+        "interrupted": report.interrupted,
+        "exit_status": code,
+    }
+    if problem is not None:
+        fields["error"] = problem
+    level = logging.INFO if code == EXIT_OK else logging.WARNING
+    logs.event(level, "summary", f"done: exit status {code}", **fields)
+
+
+def exit_status(result: Report | RunAborted) -> tuple[int, str | None]:
+    """The exit status of a run's result, and what to say about it on stderr (or None)."""
+    if isinstance(result, RunAborted):
+        if result.report.interrupted:
+            return EXIT_INTERRUPTED, None
+        if isinstance(result.cause, ServiceUnreachable):
+            return EXIT_UNREACHABLE, str(result.cause)
+        code = EXIT_AUTH if isinstance(result.cause, AuthenticationError) else EXIT_FAILURES
+        return code, f"stopped: {result.cause}"
+    if result.interrupted:
+        return EXIT_INTERRUPTED, None
+    if not result.download_only and not result.orders and result.total == result.skipped:
+        # A failed mount must not look like a good night: no image at all is a failure.
+        files = "file" if result.skipped == 1 else "files"
+        skipped = f" ({result.skipped} other {files} skipped)" if result.skipped else ""
+        return EXIT_FAILURES, f"no image in the inputs{skipped}: nothing to upload"
+    return (EXIT_OK if result.ok else EXIT_FAILURES), None
+
+
+def guard_cost(settings: Settings, source: Any, limit: int | None) -> None:
+    """With ``limit`` (``--max-images``), plan the run first, sending nothing, and stop it
+    when it would order more images than that (the night the job points at the wrong
+    mount)."""
+    if limit is None:
+        return
+    from styldod_batch.engine import Uploader  # the runner's start stays light without it
+    from styldod_batch.runtime import run_async
+
+    async def plan() -> Report:
+        async with Uploader(settings.with_changes(dry_run=True)) as uploader:
+            return await uploader.run(source)
+
+    planned = run_async(plan()).planned
+    if planned > limit:
+        raise ConfigurationError(
+            f"this run would order {planned} images, more than max_images {limit}: "
+            "nothing was sent (raise --max-images, or check the inputs)"
+        )
+
+
+def json_error(message: str, code: int, kind: str) -> None:
+    """A failure before any report, as one JSON object on stdout (for ``--json``)."""
+    body = {"error": message, "kind": kind, "exit_status": code}
+    sys.stdout.write(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+# What a server that does not answer looks like on the way: refused, reset, unroutable,
+# timed out. (Not a full disk or a permission: those are not transient.)
+_AWAY_ERRNOS = frozenset(
+    {errno.ECONNREFUSED, errno.ECONNRESET, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ETIMEDOUT}
+)
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether a configuration error stems from a server that did not answer (Redis or
+    PostgreSQL at start), rather than from what the user wrote."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        seen = seen.__cause__ or seen.__context__ if seen is not None else None
+        if seen is None:
+            return False
+        if isinstance(seen, ConnectionError | TimeoutError | socket.gaierror):
+            return True
+        if isinstance(seen, OSError) and seen.errno in _AWAY_ERRNOS:
+            return True
+        if type(seen).__module__.startswith("redis") and type(seen).__name__ in (
+            "ConnectionError",
+            "TimeoutError",
+            "BusyLoadingError",
+        ):
+            return True
+    return False
+
+
+def configuration_exit(exc: ConfigurationError) -> tuple[int, str]:
+    """The exit status of a configuration error, and its kind for ``--json``: 4 a
+    coordinator that did not answer (transient: a nightly job retries), else 2 (fix the
+    arguments)."""
+    if unreachable(exc):
+        return EXIT_UNREACHABLE, "unreachable"
+    return EXIT_USAGE, "configuration"
 
 
 def add_output_args(p: argparse.ArgumentParser) -> None:
     """How much the command says on stderr, and in which form."""
-    p.add_argument(
-        "-v",
-        "--verbose",
-        action="count",
-        default=0,
-        help="say more on stderr: each order, retry and 429 (-vv: every file too)",
-    )
-    p.add_argument(
-        "-q", "--quiet", action="store_true", help="say only what went wrong; no progress"
-    )
-    p.add_argument(
-        "--log-format",
-        choices=("text", "json"),
-        default="text",
-        help="text lines, or one JSON object per line (level, event, time, ...) on stderr",
-    )
+    add_flags(p, ["verbose", "quiet", "log_format"])
 
 
 def setup_output(args: argparse.Namespace) -> str:
@@ -254,11 +306,16 @@ def setup_output(args: argparse.Namespace) -> str:
     "terminal" (a live line on stderr), "log" (a log line every few seconds) or "none".
 
     On a terminal the live line shows the progress, so the log says warnings and errors; in
-    a log file or CI, the log says what happens (orders, retries, progress) at info level.
+    a log file or CI, the log says what happens (orders, progress) at info level. Retries
+    only at ``-v``: an API that never answers is one line, not one per attempt.
     """
     terminal = sys.stderr.isatty() and args.log_format == "text"
     verbosity = -1 if args.quiet else args.verbose + (0 if terminal else 1)
-    logs.configure(verbosity=verbosity, fmt=args.log_format)
+    if args.verbose < 2:  # debug (every file) only at -vv, in a log file too
+        verbosity = min(verbosity, 1)
+    handler = logs.configure(verbosity=verbosity, fmt=args.log_format)
+    if not args.verbose:
+        handler.addFilter(lambda record: getattr(record, "event", None) != "retry")
     if args.quiet or getattr(args, "no_progress", False):
         return "none"
     return "terminal" if terminal else "log"

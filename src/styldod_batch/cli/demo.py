@@ -30,6 +30,13 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="make the sample tree in DIR and keep it (default: a temporary folder)",
     )
     p.add_argument("--json", action="store_true", help="print the JSON report too")
+    p.add_argument(
+        "--html",
+        type=Path,
+        metavar="PATH",
+        help="where to write the review page of the demo's orders (default: "
+        "styldod-demo/review.html in the temporary folder, kept)",
+    )
     p.set_defaults(func=_run)
 
 
@@ -37,5 +44,11 @@ def _run(args: argparse.Namespace) -> int:
     from styldod_batch.demo import run_demo
 
     return run_async(
-        run_demo(listings=args.listings, photos=args.photos, keep=args.keep, as_json=args.json)
+        run_demo(
+            listings=args.listings,
+            photos=args.photos,
+            keep=args.keep,
+            as_json=args.json,
+            html=args.html,
+        )
     )

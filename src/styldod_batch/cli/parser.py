@@ -5,11 +5,20 @@ from __future__ import annotations
 import argparse
 import difflib
 import re
+import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
 EXIT_USAGE = 2
 _INVALID_CHOICE = re.compile(r"invalid choice: '([^']*)'")
+
+
+class UsageError(SystemExit):
+    """A bad command line, already told on stderr; ``message`` for a ``--json`` answer."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(EXIT_USAGE)
+        self.message = message
 
 
 class Parser(argparse.ArgumentParser):
@@ -21,7 +30,9 @@ class Parser(argparse.ArgumentParser):
         choice = _INVALID_CHOICE.search(message)
         if choice is not None:
             hint = _nearest(choice.group(1), self._choices())
-        self.exit(EXIT_USAGE, f"{self.prog}: {message}{hint} (see {self.prog} --help)\n")
+        text = f"{self.prog}: {message}{hint} (see {self.prog} --help)"
+        sys.stderr.write(text + "\n")
+        raise UsageError(text)
 
     def parse_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -11,24 +12,21 @@ from typing import Any
 import orjson
 
 from styldod_batch.cli.common import (
-    EXIT_FAILURES,
-    EXIT_OK,
-    add_connection_args,
-    add_output_args,
-    add_state_args,
+    exit_status,
     finish,
-    host_port,
+    guard_cost,
     option_value,
-    positive_int,
-    rate,
-    seconds,
     settings_from_args,
     setup_output,
 )
+from styldod_batch.cli.report import add_html_arg, html_after_run
 from styldod_batch.download import check_download_folder
 from styldod_batch.engine import ManifestSource, Uploader
 from styldod_batch.errors import ConfigurationError
 from styldod_batch.manifest import stage_manifest
+from styldod_batch.metrics import MetricsFile
+from styldod_batch.option_registry import SETTINGS, add_flags
+from styldod_batch.options import check_option_names
 from styldod_batch.report import Report
 from styldod_batch.runtime import run_async
 from styldod_batch.scan import check_inputs
@@ -44,7 +42,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "Stream every image under PATH into pre-signed storage PUTs, then place one order "
             "per folder (or per fixed-size group). The API key and base URL also come from "
             "STYLDOD_API_KEY and STYLDOD_BASE_URL. Exit status: 0 all done, 1 some images or "
-            "orders failed, 2 usage or configuration error, 3 authentication failure."
+            "orders failed (or no image at all), 2 usage or configuration error, 3 "
+            "authentication failure, 4 the API, Redis or PostgreSQL could not be reached."
         ),
     )
     p.add_argument("paths", nargs="*", metavar="PATH", help="image files or folders")
@@ -56,154 +55,17 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "sequence, options), instead of PATHs; validated whole before anything is sent",
     )
     p.add_argument(
-        "--skip-invalid",
-        action="store_true",
-        help="upload the valid rows of a manifest with problems (they are reported, and fail)",
-    )
-    p.add_argument(
         "--job",
         type=Path,
         metavar="FILE",
-        help="a TOML job file of house defaults (options, webhook URL, grouping, rate budget); "
-        "flags override it",
+        help="a TOML job file of house defaults: any setting below (its flag spelled with _), "
+        "and [options]; the environment and flags override it",
     )
-    p.add_argument(
-        "--global-config",
-        type=Path,
-        metavar="FILE",
-        help="the key's server-side defaults (JSON options, or the sandbox's global config), "
-        "so that --dry-run shows each image's effective options",
-    )
-    add_connection_args(p)
-    p.add_argument(
-        "--rps",
-        type=rate,
-        default=None,
-        help="requests per second that may reach the API (default: 20)",
-    )
-    p.add_argument(
-        "--upload-rps",
-        type=rate,
-        default=None,
-        metavar="R",
-        help="give storage PUTs a budget of their own (0 = unlimited); by default "
-        "they share --rps with the API calls",
-    )
-    p.add_argument(
-        "--concurrency",
-        type=positive_int,
-        default=None,
-        help="uploads in flight at once (default: 16)",
-    )
-    p.add_argument(
-        "--order-by",
-        choices=("folder", "none"),
-        default=None,
-        help="one order per folder (default), or fixed-size groups (none)",
-    )
-    p.add_argument(
-        "--order-size",
-        type=positive_int,
-        default=None,
-        metavar="N",
-        help="images per order, at most 100 (default: 100)",
-    )
-    p.add_argument(
-        "--option",
-        type=option_value,
-        action="append",
-        default=[],
-        metavar="K=V",
-        help="an order-level option (apply_to_all), e.g. basic_editing=true; repeatable",
-    )
-    p.add_argument("--webhook-url", metavar="URL", help="where the service sends order events")
-    p.add_argument(
-        "--dry-run", action="store_true", help="scan and group, print the plan, send nothing"
-    )
-    p.add_argument(
-        "--json", action="store_true", help="print one JSON report on stdout instead of the summary"
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress line")
-    add_output_args(p)
-    add_state_args(p)
-    p.add_argument(
-        "--no-journal",
-        "--no-ledger",
-        dest="no_journal",
-        action="store_true",
-        help="keep no ledger: gives up exactly-once (a re-run uploads and orders everything again)",
-    )
-    p.add_argument(
-        "--force",
-        action="store_true",
-        help="use a ledger file written for another base URL or key",
-    )
-    p.add_argument(
-        "--no-follow-up",
-        action="store_true",
-        help="do not order new images of a listing that was ordered before (they are "
-        "reported as late); by default they go into a follow-up order '<listing> (2)'",
-    )
-    p.add_argument(
-        "--reorder-changed",
-        action="store_true",
-        help="order again an image whose content changed after it was ordered (by default "
-        "it is reported, never silently ordered again)",
-    )
-    p.add_argument(
-        "--budget",
-        metavar="URL",
-        help="who shares the key's 20 requests/s: redis://HOST:PORT/DB (every machine), "
-        "file:[DIR] (every process of this machine), process (this one); default: the "
-        "processes that share the ledger's folder (also $STYLDOD_BUDGET_URL, which keeps a "
-        "Redis password off the command line)",
-    )
-    p.add_argument(
-        "--lease",
-        type=seconds,
-        default=None,
-        metavar="SECONDS",
-        help="how long this run's claim on a listing lasts unless renewed (it renews every "
-        "third of it): how soon other workers take over after this one dies on another "
-        "machine (default: 30)",
-    )
-    p.add_argument(
-        "--follow-symlinks",
-        action="store_true",
-        help="follow links that lead outside the input folders (by default they are skipped "
-        "and named)",
-    )
-    p.add_argument(
-        "--wait",
-        action="store_true",
-        help="poll every order until it is completed or error (polls never crowd uploads "
-        "out of the rate budget)",
-    )
-    p.add_argument(
-        "--listen",
-        type=host_port,
-        metavar="HOST:PORT",
-        help="receive the orders' webhook events here (a secret token in the path) and wait "
-        "for the final ones",
-    )
-    p.add_argument(
-        "--public-url",
-        metavar="URL",
-        help="the address the service reaches --listen at (default: http://LISTEN)",
-    )
-    p.add_argument(
-        "--download",
-        type=Path,
-        metavar="DIR",
-        help="fetch each completed image's output into DIR/<order>/<image id>",
-    )
-    p.add_argument(
-        "--wait-timeout",
-        type=seconds,
-        default=3600.0,
-        metavar="SECONDS",
-        help="how long to wait for orders to finish (default: %(default)s)",
-    )
+    # Every setting's flag comes from the one registry (option_registry), with its help.
+    # (--html: cli.report adds it, on download too.)
+    flags = [s.name for s in SETTINGS if s.flag is not None and s.name != "html"]
+    add_flags(p, flags, option_type=option_value)
+    add_html_arg(p)
     p.set_defaults(func=_run)
 
 
@@ -220,6 +82,8 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigurationError(f"{args.manifest}: no such manifest")
     # Read and checked once; the run takes the same index back.
     with stage_manifest(args.manifest) as staged:
+        where = f"{args.manifest}: option column"
+        check_option_names(sorted(staged.option_names), where, strict=args.strict_options)
         if staged.problems:
             for problem in staged.problems:
                 print(f"styldod-batch: {problem}", file=sys.stderr)
@@ -238,6 +102,7 @@ def _upload(
         return _dry_run(settings, source, args)
     if args.download is not None:
         check_download_folder(args.download)  # before anything is sent, not after the orders
+    guard_cost(settings, source, args.max_images)
     progress = setup_output(args)
     follow = FollowOptions(
         wait=args.wait,
@@ -246,11 +111,33 @@ def _upload(
         download_dir=args.download,
         timeout_s=args.wait_timeout,
     )
-    report = run_async(run_job(settings, source, follow, progress=progress))
-    return finish(report, as_json=args.json)
+    started = time.time()
+    metrics = metrics_file(args.metrics_file)
+    try:
+        report = run_async(run_job(settings, source, follow, progress=progress, metrics=metrics))
+    except BaseException:
+        if metrics is not None:
+            metrics.finish(None, success=False)  # what was done, and the last success kept
+        raise
+    code = finish(report, as_json=args.json, quiet=args.quiet, log_format=args.log_format)
+    if metrics is not None:
+        metrics.finish(report if isinstance(report, Report) else report.report, success=code == 0)
+    html_after_run(args, settings, report, started)  # --html: the review page
+    return code
 
 
-def load_global_options(path: Path | None, api_key: str | None) -> dict[str, Any]:
+def metrics_file(path: Path | None) -> MetricsFile | None:
+    """``--metrics-file``: its folder must exist before anything is sent."""
+    if path is None:
+        return None
+    if not path.parent.is_dir():
+        raise ConfigurationError(f"{path}: no folder {path.parent} for the metrics file")
+    return MetricsFile(path)
+
+
+def load_global_options(
+    path: Path | None, api_key: str | None, *, strict: bool = False
+) -> dict[str, Any]:
     """Options from a global-config file: ``{"options": {...}}``, the sandbox's
     ``{"keys": {KEY: {"options": {...}}}}``, or a plain object of options."""
     if path is None:
@@ -267,6 +154,7 @@ def load_global_options(path: Path | None, api_key: str | None) -> dict[str, Any
         raw = raw["options"]
     if not isinstance(raw, dict):
         raise ConfigurationError(f"{path}: expected a JSON object of options")
+    check_option_names(raw, f"{path} (global configuration)", strict=strict)
     return raw
 
 
@@ -274,7 +162,9 @@ def _dry_run(
     settings: Settings, source: Sequence[str] | ManifestSource, args: argparse.Namespace
 ) -> int:
     """Print the plan (orders, images, effective options) as it forms; send nothing."""
-    global_options = load_global_options(args.global_config, settings.api_key)
+    global_options = load_global_options(
+        args.global_config, settings.api_key, strict=args.strict_options
+    )
     out = sys.stdout
     first = True
 
@@ -299,6 +189,9 @@ def _dry_run(
     if args.json:
         rest = orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode()
         out.write("\n],\n" + rest[1:].lstrip() + "\n")
-        return EXIT_OK if report.ok else EXIT_FAILURES
-    print(report.summary())
-    return EXIT_OK if report.ok else EXIT_FAILURES
+    else:
+        print(report.summary())
+    code, problem = exit_status(report)
+    if problem is not None:
+        print(f"styldod-batch: {problem}", file=sys.stderr)
+    return code

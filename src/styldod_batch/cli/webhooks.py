@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import signal
 from pathlib import Path
+from typing import Any
 
 from styldod_batch.cli.common import (
     EXIT_OK,
@@ -14,6 +15,7 @@ from styldod_batch.cli.common import (
 from styldod_batch.ledger import Ledger, SQLiteLedger, is_postgres_url, open_ledger
 from styldod_batch.runtime import run_async
 from styldod_batch.settings import from_environment
+from styldod_batch.webhook_secret import webhook_secret
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -23,7 +25,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "serve",
         help="receive order events into a ledger until Ctrl-C",
         description="Serve the webhook receiver: events arriving at the printed URL (its path "
-        "carries a secret token) are recorded in the ledger before the 200.",
+        "carries a secret token) are recorded in the ledger before the 200, as hints: an "
+        "order's final status and outputs are only ever taken from the API (by `upload "
+        "--wait` or `download`), never from an event's body.",
     )
     serve.add_argument(
         "--listen",
@@ -41,14 +45,21 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="the ledger to record events in: a file, or a postgresql:// URL (with "
         "STYLDOD_API_KEY naming the account); --journal is another name for it",
     )
-    serve.add_argument("--token", help="the secret path token (default: a new random one)")
+    serve.add_argument(
+        "--token",
+        help="the secret path token (default: the account's webhook secret when "
+        "STYLDOD_API_KEY names the account, else a new random one)",
+    )
     serve.set_defaults(func=_serve)
 
 
 def _serve(args: argparse.Namespace) -> int:
+    settings = from_environment(state=str(args.state))
+    token = args.token or (webhook_secret(settings) if settings.api_key else None)
+
     async def serve() -> None:
         if is_postgres_url(str(args.state)):  # many accounts in one: the key picks one
-            ledger: Ledger = await open_ledger(from_environment(state=str(args.state)))
+            ledger: Ledger = await open_ledger(settings)
         else:  # the receiver needs no key: it records into the ledger it is given
             ledger = await SQLiteLedger.open(
                 Path(args.state), base_url="", api_key=None, force=True
@@ -58,11 +69,13 @@ def _serve(args: argparse.Namespace) -> int:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         try:
+            from styldod_batch.follow import event_hint
             from styldod_batch.webhooks import WebhookReceiver
 
-            async with WebhookReceiver(
-                *args.listen, token=args.token, on_event=ledger.record_event
-            ) as receiver:
+            async def record(payload: dict[str, Any]) -> None:
+                await ledger.record_event(event_hint(payload))
+
+            async with WebhookReceiver(*args.listen, token=token, on_event=record) as receiver:
                 print(f"Webhook URL: {receiver.url}", flush=True)
                 await stop.wait()
         finally:
