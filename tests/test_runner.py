@@ -155,6 +155,9 @@ async def test_twenty_files_of_200_mb_upload_within_100_mb_of_memory(
     for index in range(20):
         with (tmp_path / f"photo-{index}.jpg").open("wb") as handle:
             handle.truncate(200 * 1024 * 1024)  # sparse: the disk holds none of it
+            handle.write(b"\xff\xd8\xff\xe0")  # framed as a JPEG for the content check
+            handle.seek(200 * 1024 * 1024 - 2)
+            handle.write(b"\xff\xd9")
     box = await sandbox_factory()
     completed = await cli(
         "upload",

@@ -38,7 +38,12 @@ def worker(
 ) -> subprocess.Popen[str]:
     """The runner as one worker of a job, on the ledger ``state`` (and the rate ``budget``);
     ``elsewhere``: on a host of its own, as far as claims can tell."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STYLDOD_")}
+    # The test's own budget folder stays (conftest): every worker of the key shares it.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("STYLDOD_") or k == "STYLDOD_BUDGET_DIR"
+    }
     env.update(STYLDOD_API_KEY=box.api_key, STYLDOD_BASE_URL=box.base_url, STYLDOD_STATE=state)
     if budget is not None:
         env["STYLDOD_BUDGET_URL"] = budget
