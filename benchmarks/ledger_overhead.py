@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -23,29 +22,15 @@ from pathlib import Path
 import orjson
 
 from benchmarks.dataset import make_files
+from benchmarks.proc import start_sandbox as start_sandbox_process
 
 FOLDERS = 20
 
 
 def start_sandbox(rps: int) -> tuple[subprocess.Popen[str], str, str]:
     key = "bench-key"
-    process = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "styldod_batch", "sandbox"),
-            *("--port", "0", "--rps", str(rps), "--api-key", key),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,
-    )
-    assert process.stdout is not None
-    first = process.stdout.readline()
-    match = re.match(r"Order API: (http://\S+)", first)
-    if not match:
-        process.kill()
-        raise RuntimeError(f"the sandbox did not start: {first!r}")
-    return process, match.group(1), key
+    process, base_url = start_sandbox_process("--rps", str(rps), "--api-key", key)
+    return process, base_url, key
 
 
 def run_once(

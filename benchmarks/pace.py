@@ -14,7 +14,6 @@ the busiest second of PUTs and of both together, and the 429s. Writes
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from typing import Any
 import orjson
 
 from benchmarks.dataset import make_files
-from benchmarks.proc import clean_env
+from benchmarks.proc import clean_env, start_sandbox
 from styldod_batch.sandbox.requestlog import most_in_window
 
 RESULTS = Path(__file__).parent / "results"
@@ -35,30 +34,11 @@ LISTINGS = 3
 MODES = {"default": [], "--share-api-budget": ["--share-api-budget"]}
 
 
-def start_sandbox(log: Path, rps: int) -> tuple[subprocess.Popen[str], str]:
-    process = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "styldod_batch", "sandbox", "--port", "0"),
-            *("--rps", str(rps), "--api-key", KEY, "--log", str(log)),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,
-        env=clean_env(),
-    )
-    assert process.stdout is not None
-    first = process.stdout.readline()
-    match = re.match(r"Order API: (http://\S+)", first)
-    if not match:
-        process.kill()
-        raise RuntimeError(f"the sandbox did not start: {first!r}")
-    return process, match.group(1)
-
-
 def one_run(mode: str, job: Path, scratch: Path, rps: int, n: int) -> dict[str, Any]:
     log = scratch / f"sandbox-{n}.jsonl"
-    sandbox, base_url = start_sandbox(log, rps)
+    sandbox, base_url = start_sandbox(
+        *("--rps", str(rps), "--api-key", KEY, "--log", str(log)), env=clean_env()
+    )
     try:
         env = clean_env(
             {

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -40,6 +41,30 @@ def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     if extra:
         env.update(extra)
     return env
+
+
+def start_sandbox(
+    *options: str, env: Mapping[str, str] | None = None
+) -> tuple[subprocess.Popen[str], str]:
+    """``styldod-batch sandbox --port 0 OPTIONS`` in a session of its own (``env``: its whole
+    environment, else this process's); returns the process and its Order API URL once the
+    sandbox says it is ready (its first line). Stop it with ``terminate()`` and ``wait()``."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "styldod_batch", "sandbox", "--port", "0", *options],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+        env=None if env is None else dict(env),
+    )
+    assert process.stdout is not None
+    first = process.stdout.readline()
+    match = re.match(r"Order API: (http://\S+)", first)
+    if not match:
+        process.kill()
+        process.wait()
+        raise RuntimeError(f"the sandbox did not start: {first!r}")
+    return process, match.group(1)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +26,7 @@ import orjson
 from tests.servers import PostgresServer, RedisServer
 
 from benchmarks.dataset import make_files
-from benchmarks.proc import clean_env
+from benchmarks.proc import clean_env, start_sandbox
 from styldod_batch.sandbox.requestlog import most_in_window
 
 RESULTS = Path(__file__).parent / "results"
@@ -37,34 +35,16 @@ LISTINGS = 20
 KEY = "workers-bench-key"
 
 
-def start_sandbox(log: Path) -> tuple[subprocess.Popen[str], str]:
-    process = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "styldod_batch", "sandbox", "--port", "0"),
-            *("--rps", str(RATE), "--api-key", KEY, "--limit-storage", "--log", str(log)),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,
-        env=clean_env(),
-    )
-    assert process.stdout is not None
-    first = process.stdout.readline()
-    match = re.match(r"Order API: (http://\S+)", first)
-    if not match:
-        process.kill()
-        raise RuntimeError(f"the sandbox did not start: {first!r}")
-    return process, match.group(1)
-
-
 def read_log(path: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
 
 
 async def one_round(workers: int, job: Path, scratch: Path) -> dict[str, Any]:
     log = scratch / f"sandbox-{workers}.jsonl"
-    sandbox, base_url = start_sandbox(log)
+    sandbox, base_url = start_sandbox(
+        *("--rps", str(RATE), "--api-key", KEY, "--limit-storage", "--log", str(log)),
+        env=clean_env(),
+    )
     redis, postgres = RedisServer(), PostgresServer()
     try:
         await redis.start()

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
@@ -83,7 +83,21 @@ def run_cli(
         )
 
 
-def json_report(completed: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+class Ran(Protocol):
+    """A finished runner: a process of its own (``run_cli``) or one in this process
+    (``tests.runner_inprocess.run_main``)."""
+
+    @property
+    def returncode(self) -> int: ...
+
+    @property
+    def stdout(self) -> str: ...
+
+    @property
+    def stderr(self) -> str: ...
+
+
+def json_report(completed: Ran) -> dict[str, Any]:
     report = orjson.loads(completed.stdout)
     assert isinstance(report, dict)
     return report

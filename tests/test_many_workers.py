@@ -81,7 +81,9 @@ async def test_four_workers_hold_the_keys_limit_together_and_order_each_image_on
     tmp_path: Path,
 ) -> None:
     photos = tmp_path / "photos"
-    make_tree(photos, folders=20, files=50, size=2000)  # 1,000 files in 20 listings
+    # 240 files in 20 listings: over twelve seconds at the key's limit, every one-second window
+    # of them held to 20 as well as 1,000 files' fifty seconds would.
+    make_tree(photos, folders=20, files=12, size=2000)
     listings = await asyncio.to_thread(lambda: sorted(p for p in photos.iterdir()))
     box = await sandbox_factory(rps=20, limit_storage_per_key=True)
     state = await postgres_server.create_database("four_workers")
@@ -124,14 +126,14 @@ async def test_redis_then_postgres_restarted_mid_job(
     tmp_path: Path,
 ) -> None:
     photos = tmp_path / "photos"
-    make_tree(photos, folders=6, files=40, size=1000)
+    make_tree(photos, folders=6, files=24, size=1000)  # 144 files: seven seconds at the limit
     box = await sandbox_factory(rps=20, limit_storage_per_key=True)
     state = await postgres_server.create_database("restarts")
     workers = [start_worker(box, [photos], state=state, budget=redis_server.url) for _ in "ab"]
 
-    await stored_after(box, 40)
+    await stored_after(box, 30)
     await redis_server.restart()
-    await stored_after(box, 120)
+    await stored_after(box, 80)
     await postgres_server.restart()
     await wait_all(workers)
 
@@ -148,7 +150,7 @@ async def test_one_machine_no_server_two_processes_share_ledger_and_budget(
     sandbox_factory: SandboxFactory, tmp_path: Path
 ) -> None:
     photos = tmp_path / "photos"
-    make_tree(photos, folders=6, files=40, size=1000)
+    make_tree(photos, folders=6, files=20, size=1000)
     box = await sandbox_factory(rps=20, limit_storage_per_key=True)
     state = str(tmp_path / "state")  # one SQLite ledger folder; its budget file beside it
 

@@ -23,6 +23,7 @@ from styldod_batch.report import Report
 from styldod_batch.sandbox import Faults, Sandbox
 from styldod_batch.sandbox.pytest_plugin import SandboxFactory
 from tests.helpers import REPO, json_report, make_tree, run_cli
+from tests.runner_inprocess import run_main
 
 
 def env_for(box: Sandbox) -> dict[str, str]:
@@ -187,21 +188,23 @@ async def test_a_json_log_is_one_object_per_line(
 # -- the runner's manners ----------------------------------------------------------------------
 
 
-def test_version_suggestions_and_one_line_errors() -> None:
+async def test_version_suggestions_and_one_line_errors() -> None:
+    # The runner in a process of its own once (its start, its exit status, its streams); the
+    # same manners in this process after it.
     version = run_cli("--version")
     assert version.returncode == 0 and version.stdout.startswith("styldod-batch ")
 
-    typo = run_cli("upload", "photos", "--dry-rn")
+    typo = await run_main("upload", "photos", "--dry-rn")
     assert typo.returncode == 2
     assert "did you mean --dry-run?" in typo.stderr
     assert len(typo.stderr.strip().splitlines()) == 1, typo.stderr
 
-    bad = run_cli("upload", "photos", "--rps", "fast")
+    bad = await run_main("upload", "photos", "--rps", "fast")
     assert bad.returncode == 2
     assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
     assert "--rps" in bad.stderr and "usage:" not in bad.stderr
 
-    command = run_cli("uplaod")
+    command = await run_main("uplaod")
     assert command.returncode == 2 and "did you mean upload?" in command.stderr
 
 
@@ -210,23 +213,21 @@ async def test_download_prints_a_download_summary(
 ) -> None:
     make_tree(tmp_path / "photos", folders=1, files=2, size=300)
     box = await sandbox_factory(rps=1000)
-    done = await asyncio.to_thread(
-        run_cli, "upload", str(tmp_path / "photos"), "--wait", "--json", env=env_for(box)
-    )
+    done = await run_main("upload", str(tmp_path / "photos"), "--wait", "--json", env=env_for(box))
     assert done.returncode == 0, done.stderr
 
-    fetched = await asyncio.to_thread(run_cli, "download", str(tmp_path / "out"), env=env_for(box))
+    fetched = await run_main("download", str(tmp_path / "out"), env=env_for(box))
 
     assert fetched.returncode == 0, fetched.stderr
     assert "Outputs: 2 downloaded" in fetched.stdout
     assert "Images:" not in fetched.stdout and "Orders:" not in fetched.stdout
 
 
-def test_a_file_that_is_not_an_image_named_on_its_own_is_an_error(tmp_path: Path) -> None:
+async def test_a_file_that_is_not_an_image_named_on_its_own_is_an_error(tmp_path: Path) -> None:
     notes = tmp_path / "notes.txt"
     notes.write_text("not an image")
 
-    completed = run_cli("upload", str(notes), "--dry-run", "--json")
+    completed = await run_main("upload", str(notes), "--dry-run", "--json")
 
     assert completed.returncode == 1
     (failure,) = json_report(completed)["failures"]
