@@ -205,9 +205,14 @@ async def test_fixed_size_groups_and_splitting_large_folders(
         ("listing-01-3", 30),
     ]
 
-    sandbox = await sandbox_factory(rps=1000)
+    sandbox = await sandbox_factory(rps=1000)  # another service for the same key and state
     settings = settings_for(
-        sandbox.base_url, sandbox.api_key, order_by="none", order_size=40, **FAST
+        sandbox.base_url,
+        sandbox.api_key,
+        order_by="none",
+        order_size=40,
+        separate_ledger=True,
+        **FAST,
     )
     async with Uploader(settings) as uploader:
         report = await uploader.run([tmp_path / "big"])

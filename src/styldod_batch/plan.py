@@ -1,8 +1,10 @@
 """Planning: inputs + settings + what the ledger knows -> the orders a run would place.
 
-A dry run sends nothing and writes nothing: it reads the ledger (never claims), classifies
-each image as a run would (``rerun.py``), groups what would be sent into the orders a run
-would name, and reports what is already done, changed or late.
+A dry run sends nothing and writes nothing: it reads the ledger (never claims), takes the
+run's own route decision for each image (``pipeline/route.py``), groups what would be sent
+into orders numbered as a run numbers them (``pipeline/place.BatchNumbers``: a listing's next
+batch, and the account's next fixed-size ``batch-N``), and reports what is already done,
+changed or late.
 """
 
 from __future__ import annotations
@@ -12,11 +14,15 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from styldod_batch.errors import InputError
-from styldod_batch.ledger import Ledger, Listing, ListingView
+from styldod_batch.ledger import Listing
 from styldod_batch.models import ImageItem, ImageResult, OrderResult
 from styldod_batch.orders import Grouper, OrderPart, effective_options, order_name
+from styldod_batch.pipeline.claims import ListingRun
+from styldod_batch.pipeline.place import BatchNumbers
+from styldod_batch.pipeline.ports import ViewLedger
+from styldod_batch.pipeline.route import Verdict, decide
 from styldod_batch.report import Report, peak_rss_mb
-from styldod_batch.rerun import Verdict, already_ordered, classify, earlier_order
+from styldod_batch.rerun import already_ordered, earlier_order
 from styldod_batch.scan import GroupEnd, ScanEvent, Skipped
 from styldod_batch.settings import Settings
 
@@ -30,7 +36,7 @@ class _Events(Protocol):
 async def plan_run(
     feed: _Events,
     settings: Settings,
-    ledger: Ledger,
+    ledger: ViewLedger,
     *,
     global_options: Mapping[str, Any] | None = None,
     on_plan: PlanCallback | None = None,
@@ -41,7 +47,7 @@ async def plan_run(
     planner = _Planner(settings, ledger, dict(global_options or {}), on_plan, on_image, on_order)
     async for event in feed.events():
         await planner.take(event)
-    planner.finish()
+    await planner.finish()
     return planner.report
 
 
@@ -49,7 +55,7 @@ class _Planner:
     def __init__(
         self,
         settings: Settings,
-        ledger: Ledger,
+        ledger: ViewLedger,
         global_options: dict[str, Any],
         on_plan: PlanCallback | None,
         on_image: Callable[[ImageResult], None] | None,
@@ -65,12 +71,13 @@ class _Planner:
         self.grouper = Grouper(
             order_size=settings.order_size, by_folder=settings.order_by == "folder"
         )
-        self.views: dict[str, ListingView] = {}
+        # Each listing as the ledger knows it (read, never claimed), and its batch once known.
+        self.views: dict[str, ListingRun] = {}
         self.reused: set[tuple[str, str]] = set()
         self.reported_orders: set[int] = set()
-        self.batches: dict[str, int] = {}
+        # The run's own numbering; the ledger only peeks (read-only), and claims nothing.
+        self.batches = BatchNumbers(ledger, peek=True)
         self.started = time.monotonic()
-        self._next_batch = 0
 
     async def take(self, event: ScanEvent) -> None:
         if isinstance(event, ImageItem):
@@ -78,32 +85,28 @@ class _Planner:
         elif isinstance(event, GroupEnd):
             closed = self.grouper.end_group(event.group)
             if closed is not None:
-                self._emit(closed)
+                await self._emit(closed)
             self.views.pop(event.group, None)
         elif isinstance(event, Skipped):
             self._image(ImageResult(event.path, "skipped", error=event.reason))
         elif isinstance(event, InputError):
             self._image(ImageResult(event.path, "failed", error=event.reason))
 
+    async def _listing(self, item: ImageItem) -> ListingRun:
+        state = self.views.get(item.listing)
+        if state is None:
+            view = await self.ledger.view(Listing(item.listing, item.group))
+            state = self.views[item.listing] = ListingRun(view, view.ordered_before)
+        return state
+
     async def _image_item(self, item: ImageItem) -> None:
-        view = self.views.get(item.listing)
-        if view is None:
-            view = self.views[item.listing] = await self.ledger.view(
-                Listing(item.listing, item.group)
-            )
-        record = view.images.get(item.client_image_id)
+        state = await self._listing(item)
         try:
-            verdict, _md5 = await classify(
-                item,
-                record,
-                listing_ordered_before=view.ordered_before,
-                follow_ups=self.settings.follow_ups,
-                reorder_changed=self.settings.reorder_changed,
-            )
+            route = await decide(item, state.view, self.settings)
         except InputError as exc:
             self._image(ImageResult(item.path, "failed", item.client_image_id, error=exc.reason))
             return
-        order = view.orders.get(record.order_ref) if record and record.order_ref else None
+        verdict, order = route.verdict, route.order
         if verdict is Verdict.ORDERED:
             self._image(already_ordered(item, order))
             if order is not None and order.ref not in self.reported_orders:
@@ -128,25 +131,21 @@ class _Planner:
                 item.path, "planned", item.client_image_id, group=item.group, size=item.size
             )
         )
-        part, closed = self.grouper.add(item)
-        if part.listing and part.listing not in self.batches:
-            known = [o.batch for o in view.orders.values() if o.listing_id == view.listing_id]
-            self.batches[part.listing] = max(known, default=0) + 1
+        _part, closed = self.grouper.add(item)
         if closed is not None:
-            self._emit(closed)
+            await self._emit(closed)
 
-    def finish(self) -> None:
+    async def finish(self) -> None:
         for part in self.grouper.end_all():
-            self._emit(part)
+            await self._emit(part)
         self.report.elapsed_s = time.monotonic() - self.started
         self.report.peak_rss_mb = peak_rss_mb()
 
-    def _emit(self, part: OrderPart) -> None:
+    async def _emit(self, part: OrderPart) -> None:
+        slot = None
         if part.listing:
-            batch = self.batches.get(part.listing, 1)
-        else:
-            self._next_batch += 1
-            batch = self._next_batch
+            slot = self.views.get(part.listing) or await self._listing(part.items[0])
+        batch = await self.batches.of(part, slot)
         name = order_name(part.base_name, batch, part.number, split=part.split)
         if self.on_plan is not None:
             apply_to_all = self.settings.options

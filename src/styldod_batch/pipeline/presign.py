@@ -1,0 +1,128 @@
+"""Pre-signing just in time: a worker gathers up to the contract's files per call (50) from
+what intake planned, asks for their upload URLs in one call, and hands each file with its URL
+to the upload workers. A 400/422 on a batch is bisected down to the file the API refuses;
+an expired URL is refreshed for its one file (``refresh``)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from styldod_batch.errors import (
+    APIError,
+    AuthenticationError,
+    BadRequest,
+    NetworkError,
+    PermissionDenied,
+    ServiceUnreachable,
+    StyldodError,
+    UnprocessableEntity,
+)
+from styldod_batch.models import ImageItem, UploadTarget
+from styldod_batch.orders import OrderPart
+from styldod_batch.pipeline.ports import SYSTEM_CLOCK, Clock, UploadURLSource
+
+PRESIGN_WORKERS = 2
+# How long a part-filled upload-URL batch waits for more files: every call costs a grant of
+# the rate budget, and a listing's files are planned a few milliseconds apart.
+PRESIGN_GATHER_S = 0.02
+# The end of a queue (each of a stage's workers takes one).
+DONE = object()
+
+Planned = tuple[ImageItem, OrderPart]
+Ready = tuple[ImageItem, OrderPart, UploadTarget]
+
+
+class Failures(Protocol):
+    async def failed(self, part: OrderPart, item: ImageItem, error: str) -> None: ...
+
+
+class Presigner:
+    def __init__(
+        self,
+        urls: UploadURLSource,
+        planned: asyncio.Queue[Planned | object],
+        ready: asyncio.Queue[Ready | object],
+        failures: Failures,
+        *,
+        max_files: int,
+        base_url: str,
+        stopping: asyncio.Event,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.urls = urls
+        self.planned = planned
+        self.ready = ready
+        self.failures = failures
+        self.max_files = max_files
+        self.base_url = base_url
+        self.stopping = stopping
+        self.clock = clock
+        # One worker gathers a batch at a time, so two never split a listing's files.
+        self._gathering = asyncio.Lock()
+        # Whether the API answered anything in this run (an error status counts).
+        self.answered = False
+
+    async def worker(self) -> None:
+        limit = self.max_files
+        while True:
+            async with self._gathering:
+                first = await self.planned.get()
+                if first is DONE:
+                    return
+                batch: list[Any] = [first]
+                if not self._gather(batch, limit) and len(batch) < limit:
+                    await self.clock.sleep(PRESIGN_GATHER_S)
+                    self._gather(batch, limit)
+            if not self.stopping.is_set():
+                await self.presign(batch)
+
+    def _gather(self, batch: list[Any], limit: int) -> bool:
+        """Add what is planned now to ``batch``, up to ``limit``; True once planning ended."""
+        while len(batch) < limit:
+            try:
+                nxt = self.planned.get_nowait()
+            except asyncio.QueueEmpty:
+                return False
+            if nxt is DONE:
+                self.planned.put_nowait(DONE)  # leave it for the stage's other worker
+                return True
+            batch.append(nxt)
+        return False
+
+    async def presign(self, batch: list[Planned]) -> None:
+        try:
+            targets = await self.urls.upload_urls([item for item, _ in batch])
+            self.answered = True
+        except NetworkError as exc:
+            if not self.answered:
+                # Not one answer this run (a closed port, an unknown host): one line, exit 4,
+                # rather than every file failing with the same reason.
+                host = urlsplit(self.base_url).netloc
+                raise ServiceUnreachable(host, str(exc)) from None
+            for item, part in batch:
+                await self.failures.failed(part, item, f"no upload URL: {exc}")
+            return
+        except (BadRequest, UnprocessableEntity) as exc:
+            self.answered = True
+            if len(batch) > 1:
+                for one in batch:  # isolate the file the API refuses; the rest go on
+                    await self.presign([one])
+                return
+            item, part = batch[0]
+            await self.failures.failed(part, item, str(exc))
+            return
+        except (AuthenticationError, PermissionDenied):
+            raise
+        except StyldodError as exc:
+            self.answered = self.answered or isinstance(exc, APIError)
+            for item, part in batch:
+                await self.failures.failed(part, item, f"no upload URL: {exc}")
+            return
+        for (item, part), target in zip(batch, targets, strict=True):
+            await self.ready.put((item, part, target))
+
+    async def refresh(self, item: ImageItem) -> UploadTarget:
+        """A new upload URL for ``item``, whose URL expired before its PUT."""
+        return (await self.urls.upload_urls([item]))[0]

@@ -1,0 +1,103 @@
+"""The route decision: (an image, what the ledger knows of its listing, the settings) ->
+what to do with it. As pure as it can be: it reads the file only when its content must be
+compared (``rerun.classify``), and writes nothing. The run (``intake.py``) and the dry run
+(``plan.py``) both take it, so a plan says what a run would do.
+
+| decision | the image                                                   | a run                 |
+|----------|-------------------------------------------------------------|-----------------------|
+| UPLOAD   | new, or its earlier upload is not usable                    | pre-signs and PUTs it |
+| REUSE    | uploaded by an earlier run, same size and mtime, not ordered | orders that upload   |
+| ORDERED  | in a placed order, same content                             | reports it done       |
+| CHANGED  | in a placed order, content changed (no ``reorder_changed``)  | reports it changed    |
+| LATE     | new in a listing ordered before (no ``follow_ups``)          | reports it late       |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from styldod_batch.ledger import ImageRecord, ListingView, OrderRecord
+from styldod_batch.models import ImageItem, ImageResult
+from styldod_batch.rerun import Verdict, classify
+from styldod_batch.settings import Settings
+
+__all__ = ["Route", "Verdict", "changed_result", "decide", "late_result", "reused_result"]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    verdict: Verdict
+    # The content's MD5 when it had to be read to decide (or the ledger's, for a reuse).
+    md5: str | None
+    # What the ledger knew of the image, and the order that holds it (if any).
+    record: ImageRecord | None
+    order: OrderRecord | None
+
+    def stale(self, item: ImageItem) -> bool:
+        """Whether ``item``'s size or mtime differs from what the ledger knew of it."""
+        record = self.record
+        return record is not None and (record.size, record.mtime_ns) != (item.size, item.mtime_ns)
+
+
+async def decide(
+    item: ImageItem,
+    view: ListingView,
+    settings: Settings,
+    *,
+    ordered_before: bool | None = None,
+) -> Route:
+    """What to do with ``item``. Raises ``InputError`` when its content must be read and
+    cannot be. ``ordered_before``: whether the listing was ordered before this run (by
+    default, as ``view`` says)."""
+    record = view.images.get(item.client_image_id)
+    verdict, md5 = await classify(
+        item,
+        record,
+        listing_ordered_before=view.ordered_before if ordered_before is None else ordered_before,
+        follow_ups=settings.follow_ups,
+        reorder_changed=settings.reorder_changed,
+    )
+    order = None
+    if record is not None and record.order_ref is not None:
+        order = view.orders.get(record.order_ref)
+    return Route(verdict, md5, record, order)
+
+
+def changed_result(item: ImageItem, order: OrderRecord | None) -> ImageResult:
+    """The result of an image whose content changed after it was ordered."""
+    return ImageResult(
+        item.path,
+        "changed",
+        item.client_image_id,
+        group=item.group,
+        order=order.name if order else None,
+        error="its content changed after it was ordered"
+        f"{f' in {order.name}' if order else ''}: not ordered again "
+        "(--reorder-changed orders it again)",
+    )
+
+
+def late_result(item: ImageItem) -> ImageResult:
+    """The result of an image new in a listing ordered before, with follow-ups off."""
+    return ImageResult(
+        item.path,
+        "late",
+        item.client_image_id,
+        group=item.group,
+        error=f"new in {item.group}, which was ordered before: not ordered "
+        "(follow-up orders are turned off)",
+    )
+
+
+def reused_result(item: ImageItem, record: ImageRecord) -> ImageResult:
+    """The result of an image an earlier run uploaded: that upload goes into the order."""
+    return ImageResult(
+        item.path,
+        "uploaded",
+        item.client_image_id,
+        group=item.group,
+        image_url=record.image_url,
+        md5=record.md5,
+        size=item.size,
+        resumed=True,
+    )
