@@ -1,4 +1,5 @@
-"""Following created orders to ``completed`` or ``error``: by webhook events, or by polling.
+"""The one order tracker: following created orders to ``completed`` or ``error``, fed by
+webhook events (``on_event``, from ``webhooks.WebhookReceiver``) and by polling alike.
 
 A webhook event is a hint, never the truth: anyone who reaches the receiver's URL can send
 one. An event moves an order's shown progress forward; a ``completed`` or ``error`` event
@@ -22,7 +23,7 @@ import asyncio
 import contextlib
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +73,8 @@ class FollowedOrder:
     # A final event (or a final status not read from the API now) waits to be confirmed.
     confirming: bool = False
     confirm_asks: int = 0
+    # Every status the order moved to, in order: one entry per transition.
+    history: list[str] = field(default_factory=list)
 
     @property
     def final(self) -> bool:
@@ -80,8 +83,15 @@ class FollowedOrder:
     def update(self, status: str, image_list: list[dict[str, Any]]) -> None:
         """Never backwards: a late report of an earlier status is ignored."""
         if status_rank(status) >= status_rank(self.status):
+            if status != self.status:
+                self.history.append(status)
             self.status = status
             self.image_list = image_list
+
+    @property
+    def images(self) -> list[dict[str, Any]]:
+        """The image list of the API's latest answer (never an event's)."""
+        return self.image_list
 
     def note_event(self, event: str) -> None:
         if len(self.events) < EVENTS_KEPT:
@@ -94,6 +104,7 @@ class FollowedOrder:
                 self.confirming, self.confirm_asks = True, 0
                 self.next_poll = 0.0
         elif status_rank(status) > status_rank(self.status):
+            self.history.append(status)
             self.status = status
 
     @property
@@ -114,7 +125,9 @@ class OrderFollower:
         poll: bool,
         poll_interval_s: float = 2.0,
         early_orders_kept: int = EARLY_ORDERS_KEPT,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.clock = clock
         self.api = api
         self.ledger = ledger
         self.poll = poll
@@ -178,6 +191,13 @@ class OrderFollower:
     def all_final(self) -> bool:
         return all(order.final for order in self.orders.values())
 
+    async def wait_for(self, order_ids: Iterable[str], timeout_s: float) -> bool:
+        """``wait`` for these orders (watched now if they were not, under their own ID)."""
+        for order_id in order_ids:
+            if order_id not in self.orders:
+                self.watch(order_id, order_id)
+        return await self.wait(timeout_s)
+
     async def wait(self, timeout_s: float) -> bool:
         """True once every watched order is final; False when ``timeout_s`` runs out."""
         try:
@@ -195,17 +215,23 @@ class OrderFollower:
     def _askable(self, order: FollowedOrder) -> bool:
         return not order.final and (self.poll or order.confirming) and self.api is not None
 
+    async def ask_due(self) -> int:
+        """Ask the API about every order whose next ask is due (polled, or a final hint being
+        confirmed); returns how many were asked."""
+        now = self.clock()
+        due = [o for o in self.orders.values() if self._askable(o) and o.next_poll <= now]
+        for order in due:
+            await self._ask(order)
+        return len(due)
+
     async def _follow_until_final(self) -> None:
         while True:
             seen = self._changes
-            now = time.monotonic()
-            for order in [o for o in self.orders.values() if self._askable(o)]:
-                if order.next_poll <= now:
-                    await self._ask(order)
+            await self.ask_due()
             if self.all_final():
                 return
             pending = [o.next_poll for o in self.orders.values() if self._askable(o)]
-            delay = max(0.0, min(pending) - time.monotonic()) if pending else None
+            delay = max(0.0, min(pending) - self.clock()) if pending else None
             async with self._changed:  # until the next ask is due, or an event arrives
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait_for(self._changed_since(seen)), delay)
@@ -222,12 +248,12 @@ class OrderFollower:
         except AuthenticationError:
             raise
         except StyldodError:
-            order.next_poll = time.monotonic() + self.poll_interval_s
+            order.next_poll = self.clock() + self.poll_interval_s
             return
         self.polls += 1
         slower = confirming and order.confirm_asks >= CONFIRM_ASKS_FAST
         interval = self.poll_interval_s * (CONFIRM_SLOWDOWN if slower else 1)
-        order.next_poll = time.monotonic() + interval
+        order.next_poll = self.clock() + interval
         status = str(answer.get("order_status", ""))
         listed = answer.get("image_list")
         images = [i for i in listed if isinstance(i, dict)] if isinstance(listed, list) else []

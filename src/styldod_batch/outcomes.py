@@ -80,22 +80,35 @@ def apply_outcomes(report: Report, follower: OrderFollower, *, finished: bool) -
         report.processing_failed += len(waiting)
 
 
+OrderOutputs = tuple[str, str, list[dict[str, Any]]]
+
+
 async def download_report(
     settings: Settings,
     ledger: Ledger | None,
-    storage_budget: Budget | None,
+    budget: Budget | None,
     report: Report,
     directory: Path,
+    *,
+    orders: list[OrderOutputs] | None = None,
 ) -> None:
-    """Fetch the outputs of the report's finished orders into ``DIR/<listing>/<image id>``."""
+    """The one download path: a run's ``--download`` (``Uploader.download``) and the
+    ``download`` command alike. Fetches the outputs of ``orders`` (folder name, order ID,
+    image list), by default the report's finished orders, into ``DIR/<listing>/<image id>``,
+    paced by ``budget`` (the run's download budget; None: ``download_budget``, the cap of
+    ``--download-rps``) and ``--bwlimit``."""
     check_download_folder(directory)
     report.phase = "downloading"
     started = time.monotonic()
-    finished = [
-        (order.label or order.key, order.order_id, order.outputs)
-        for order in report.orders
-        if order.order_id and is_final_status(order.order_status)
-    ]
+    finished = (
+        orders
+        if orders is not None
+        else [
+            (order.label or order.key, order.order_id, order.outputs)
+            for order in report.orders
+            if order.order_id and is_final_status(order.order_status)
+        ]
+    )
     before = sum(report.outputs.values())
     total = sum(len(outputs) for _, _, outputs in finished)
     report.step_progress = lambda: (sum(report.outputs.values()) - before, total)
@@ -105,7 +118,7 @@ async def download_report(
             directory,
             finished,
             report,
-            budget=storage_budget,
+            budget=budget,
             # Without a durable ledger, a file of the announced size counts as done.
             ledger=ledger if ledger is not None and ledger.durable else None,
         )
@@ -123,9 +136,9 @@ async def download_orders(
     budget: Budget | None,
     ledger: Ledger | None,
 ) -> None:
-    """The one download path (a run's ``--download`` and the ``download`` command): each
-    order's (folder name, order ID, image list) into ``DIR/<folder>/<image id>``, every
-    output URL through the account's ``OutputHostPolicy``.
+    """Under ``download_report`` (the one download path): each order's (folder name, order
+    ID, image list) into ``DIR/<folder>/<image id>``, every output URL through the account's
+    ``OutputHostPolicy``.
 
     The image lists are the API's own answers: the follower takes them from GET
     /v2/orders/{id}, never from a webhook's body, and the ledger records nothing else as an

@@ -1,9 +1,11 @@
 """Receiver for the service's order events (aiohttp's low-level web server).
 
 Deliveries are authenticated by a secret token in the URL path (the seed names no signature
-scheme). The receiver checks the payload's shape, records the event, and only then answers
-200; it is idempotent (the service retries, so an event can arrive more than once) and an
-order's status never goes backwards when events arrive out of order.
+scheme). The receiver checks the payload's shape, hands the event to ``on_event`` (the order
+tracker's, ``follow.OrderFollower.on_event``, which records it and takes it as a hint), and
+only then answers 200. It tracks no order itself: repeats are counted here (the service
+retries, so an event can arrive more than once), and an order's status, which never goes
+backwards, is the tracker's alone.
 
 Slow or stalled clients cannot hold it: a connection must complete its request line and
 headers within ``header_timeout_s`` (also the idle time allowed between deliveries on a
@@ -18,14 +20,13 @@ import asyncio
 import secrets
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from styldod_batch.contract import ORDER_EVENTS
-from styldod_batch.status import FINAL_RANK, event_rank
+from styldod_batch.follow import FollowedOrder, OrderFollower
 
 HOOK_PATH_PREFIX = "/hooks/"
 HEADER_TIMEOUT_S = 10.0
@@ -33,11 +34,9 @@ BODY_TIMEOUT_S = 30.0
 # After an answer given before the body was read (404, 408), how long the rest is drained.
 LINGER_S = 1.0
 MAX_CONNECTIONS = 256
-# Memory a long-running receiver keeps: the latest state of this many orders, and this many
-# event identities to recognise repeats (the journal recognises older ones).
-ORDERS_KEPT = 10_000
+# Memory a long-running receiver keeps: this many event identities to recognise repeats (the
+# journal recognises older ones).
 IDENTITIES_KEPT = 100_000
-EVENTS_KEPT_PER_ORDER = 32
 
 
 class MalformedEvent(ValueError):
@@ -95,24 +94,13 @@ class _BoundedServer(web.Server):
             oldest_idle.force_close()
 
 
-@dataclass(slots=True)
-class OrderState:
-    order_id: str
-    status: str = ""
-    rank: int = 0
-    events: list[str] = field(default_factory=list)
-    images: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def final(self) -> bool:
-        return self.rank >= FINAL_RANK
-
-
 class WebhookReceiver:
     """``async with WebhookReceiver() as hooks:`` serves ``hooks.url`` until closed.
 
     ``on_event`` runs before the 200 is sent (a place to make the event durable); it is
-    given every valid event, whatever its order.
+    given every valid event, whatever its order. When it is an order tracker's
+    (``OrderFollower.on_event``, as ``Uploader.listen`` sets it), ``tracker``, ``orders`` and
+    ``wait_final`` are that tracker's.
     """
 
     def __init__(
@@ -133,17 +121,33 @@ class WebhookReceiver:
         self.hold_until_handled = hold_until_handled
         self.port = port
         self.token = token or secrets.token_urlsafe(18)
+        self.tracker: OrderFollower | None = None
         self.on_event = on_event
         self.header_timeout_s = header_timeout_s
         self.body_timeout_s = body_timeout_s
         self.max_connections = max_connections
-        self.orders: OrderedDict[str, OrderState] = OrderedDict()
         self.deliveries = 0
         self.duplicates = 0
         self._seen: OrderedDict[tuple[str, str, str], None] = OrderedDict()
-        self._changed = asyncio.Condition()
         self._server: _BoundedServer | None = None
         self._runner: web.ServerRunner | None = None
+
+    @property
+    def on_event(self) -> Callable[[dict[str, Any]], Any] | None:
+        return self._on_event
+
+    @on_event.setter
+    def on_event(self, handler: Callable[[dict[str, Any]], Any] | None) -> None:
+        # A tracker's handler: the tracker stays known after the handler is unset.
+        owner = getattr(handler, "__self__", None)
+        if isinstance(owner, OrderFollower):
+            self.tracker = owner
+        self._on_event = handler
+
+    @property
+    def orders(self) -> dict[str, FollowedOrder]:
+        """The tracker's orders (status and images from the API's answers), or none."""
+        return self.tracker.orders if self.tracker is not None else {}
 
     @property
     def path(self) -> str:
@@ -230,43 +234,21 @@ class WebhookReceiver:
             outcome = self.on_event(payload)
             if asyncio.iscoroutine(outcome):
                 await outcome
-        self._record(payload)
-        async with self._changed:
-            self._changed.notify_all()
+        self._count_repeat(payload)
         return web.json_response({"received": True})
 
-    def _record(self, payload: dict[str, Any]) -> None:
-        order_id, event = payload["orderID"], payload["event"]
-        identity = (order_id, event, str(payload["data"].get("updatedAt", "")))
+    def _count_repeat(self, payload: dict[str, Any]) -> None:
+        identity = (payload["orderID"], payload["event"], str(payload["data"].get("updatedAt", "")))
         if identity in self._seen:
             self.duplicates += 1
             return
         self._seen[identity] = None
         if len(self._seen) > IDENTITIES_KEPT:
             self._seen.popitem(last=False)
-        state = self.orders.get(order_id)
-        if state is None:
-            state = self.orders[order_id] = OrderState(order_id)
-            if len(self.orders) > ORDERS_KEPT:
-                self.orders.popitem(last=False)
-        if len(state.events) < EVENTS_KEPT_PER_ORDER:
-            state.events.append(event)
-        rank = event_rank(event)
-        if rank >= state.rank:
-            state.rank = rank
-            state.status = payload["data"]["order_status"]
-            state.images = payload["data"]["image_list"]
 
     async def wait_final(self, order_ids: Iterable[str], timeout_s: float) -> bool:
-        """True once every order has had its final event; False when the time runs out."""
-        wanted = set(order_ids)
-
-        def all_final() -> bool:
-            return all(o in self.orders and self.orders[o].final for o in wanted)
-
-        async with self._changed:
-            try:
-                await asyncio.wait_for(self._changed.wait_for(all_final), timeout_s)
-            except TimeoutError:
-                return False
-        return True
+        """True once the tracker holds every order final (a final event is confirmed by the
+        API first); False when the time runs out, or without a tracker."""
+        if self.tracker is None:
+            return False
+        return await self.tracker.wait_for(order_ids, timeout_s)

@@ -11,12 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from styldod_batch.budget import Budget
 from styldod_batch.engine import Source, Uploader
 from styldod_batch.errors import RunAborted
 from styldod_batch.follow import OrderFollower
 from styldod_batch.ledger import Ledger, open_ledger
 from styldod_batch.metrics import MetricsFile
-from styldod_batch.outcomes import download_orders
+from styldod_batch.outcomes import download_report
 from styldod_batch.progress import ProgressShow
 from styldod_batch.report import Report, peak_rss_mb
 from styldod_batch.review.runlog import RunRecorder
@@ -156,11 +157,13 @@ async def download_from_ledger(settings: Settings, directory: Path) -> Report:
         async with Uploader(settings) as uploader:
             assert uploader.ledger is not None
             await _ask_unfinished(uploader, uploader.ledger)
-            await _download_finished(settings, uploader.ledger, directory, report)
+            await _download_finished(
+                settings, uploader.ledger, directory, report, uploader.download_budget
+            )
     else:
         ledger: Ledger = await open_ledger(settings)
         try:
-            await _download_finished(settings, ledger, directory, report)
+            await _download_finished(settings, ledger, directory, report, None)
         finally:
             await ledger.close()
     report.elapsed_s = time.monotonic() - started
@@ -195,12 +198,14 @@ async def _ask_unfinished(uploader: Uploader, ledger: Ledger) -> int:
 
 
 async def _download_finished(
-    settings: Settings, ledger: Ledger, directory: Path, report: Report
+    settings: Settings, ledger: Ledger, directory: Path, report: Report, budget: Budget | None
 ) -> None:
+    """Through the run's own download path, at the same pace (``budget``: the run's download
+    budget; None: ``--download-rps``'s cap alone), with ``--bwlimit``."""
     # A final row's image list is the API's answer (a webhook only ever records a hint).
     finished = [
         (row.label, row.order_id, row.image_list)
         for row in await ledger.orders()
         if row.order_id and row.final
     ]
-    await download_orders(settings, directory, finished, report, budget=None, ledger=ledger)
+    await download_report(settings, ledger, budget, report, directory, orders=finished)

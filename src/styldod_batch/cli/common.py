@@ -122,6 +122,13 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return Settings(**{k: v for k, v in values.items() if BY_NAME[k].in_settings})
 
 
+def with_flags(settings: Settings, args: argparse.Namespace, names: list[str]) -> Settings:
+    """``settings`` with what these settings' flags (``add_flags``) say, where given: a flag
+    not given (None) leaves the value of the environment or the default."""
+    given = {name: getattr(args, name, None) for name in names}
+    return settings.with_changes(**{k: v for k, v in given.items() if v is not None})
+
+
 def existing_ledger(args: argparse.Namespace) -> Settings:
     """Settings that point at an existing ledger: the account's (key and base URL from the
     environment or flags), or the only one in the state folder."""

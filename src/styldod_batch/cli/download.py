@@ -10,12 +10,16 @@ from styldod_batch.cli.common import (
     add_state_args,
     existing_ledger,
     finish,
+    with_flags,
 )
 from styldod_batch.cli.report import add_html_arg, write_page
 from styldod_batch.download import check_download_folder
 from styldod_batch.option_registry import add_flags
 from styldod_batch.runtime import run_async
 from styldod_batch.workflow import download_from_ledger
+
+# The settings this command takes a flag for (described in ``option_registry``).
+FLAGS = ["allow_private_outputs", "download_rps", "bwlimit"]
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -33,15 +37,14 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_state_args(p)
     add_connection_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON report")
-    add_flags(p, ["allow_private_outputs"])
+    # The pace of downloads, as the upload command takes it (both from the one registry).
+    add_flags(p, FLAGS)
     add_html_arg(p)
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    settings = existing_ledger(args)
-    if args.allow_private_outputs:
-        settings = settings.with_changes(allow_private_outputs=True)
+    settings = with_flags(existing_ledger(args), args, FLAGS)
     check_download_folder(args.directory)
     report = run_async(download_from_ledger(settings, args.directory))
     code = finish(report, as_json=args.json)

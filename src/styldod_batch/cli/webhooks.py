@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import signal
 from pathlib import Path
-from typing import Any
 
 from styldod_batch.cli.common import (
     EXIT_OK,
@@ -69,13 +68,15 @@ def _serve(args: argparse.Namespace) -> int:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         try:
-            from styldod_batch.follow import event_hint
+            from styldod_batch.follow import OrderFollower
             from styldod_batch.webhooks import WebhookReceiver
 
-            async def record(payload: dict[str, Any]) -> None:
-                await ledger.record_event(event_hint(payload))
-
-            async with WebhookReceiver(*args.listen, token=token, on_event=record) as receiver:
+            # The one order tracker, without an API to ask: it records each event in the
+            # ledger as a hint (``follow.event_hint``); a run or ``refresh`` asks the API.
+            tracker = OrderFollower(None, ledger, poll=False)
+            async with WebhookReceiver(
+                *args.listen, token=token, on_event=tracker.on_event
+            ) as receiver:
                 print(f"Webhook URL: {receiver.url}", flush=True)
                 await stop.wait()
         finally:
