@@ -80,5 +80,10 @@ def canonical_base_url(url: str) -> str:
 
 def account_id(base_url: str, api_key: str | None) -> str:
     """A short stable name for an account: its canonical base URL and key fingerprint."""
-    account = f"{canonical_base_url(base_url)}\0{key_fingerprint(api_key)}"
+    return account_id_of(base_url, key_fingerprint(api_key))
+
+
+def account_id_of(base_url: str, fingerprint: str) -> str:
+    """``account_id`` for a key known by its fingerprint only (a rotated key's ledger)."""
+    account = f"{canonical_base_url(base_url)}\0{fingerprint}"
     return hashlib.sha256(account.encode()).hexdigest()[:16]

@@ -11,97 +11,50 @@ and its job-file key. The precedence, for every setting: defaults < job file < e
 from __future__ import annotations
 
 import argparse
-import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final
 
-from styldod_batch.budget import WINDOW_MARGIN_S, parse_bytes_rate
+from styldod_batch.budget import WINDOW_MARGIN_S
 from styldod_batch.errors import ConfigurationError
+from styldod_batch.option_values import (
+    KINDS,
+    boolean,
+    host_port,
+    non_negative_int,
+    positive_int,
+    rate,
+    seconds,
+    text,
+)
 
 DEFAULT_BASE_URL: Final = "https://orderapi.styldod.com"
 ENV_PREFIX: Final = "STYLDOD_"
 
-
-# -- value parsers: text (a flag, a variable) -> value; they raise ValueError with a reason ---
-
-_TRUE = frozenset({"true", "yes", "on", "1"})
-_FALSE = frozenset({"false", "no", "off", "0"})
-
-
-def boolean(text: str) -> bool:
-    """``true``/``false`` in any case, ``yes``/``no``, ``on``/``off``, ``1``/``0``:
-    spreadsheets export ``TRUE``."""
-    folded = text.strip().lower()
-    if folded in _TRUE:
-        return True
-    if folded in _FALSE:
-        return False
-    raise ValueError(f"{text!r} is not a boolean (true/false, yes/no, 1/0)")
-
-
-def rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise ValueError(f"{text!r} is not a finite number")
-    if value < 0:
-        raise ValueError(f"{value} is negative")
-    return value
-
-
-def seconds(text: str) -> float:
-    value = rate(text)
-    if value == 0:
-        raise ValueError("must be more than 0 seconds")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise ValueError(f"{value} is negative")
-    return value
-
-
-def positive_int(text: str) -> int:
-    value = non_negative_int(text)
-    if value == 0:
-        raise ValueError("must be at least 1")
-    return value
-
-
-def host_port(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ValueError(f"{text!r} is not HOST:PORT")
-    return host.strip("[]"), int(port)
-
-
-def text(value: str) -> str:
-    return value
-
-
-# kind -> (parser, what the README and messages call it)
-KINDS: Final[dict[str, tuple[Callable[[str], Any], str]]] = {
-    "text": (text, "string"),
-    "bool": (boolean, "boolean"),
-    "count": (positive_int, "integer ≥ 1"),
-    "rate": (rate, "number ≥ 0"),
-    "seconds": (seconds, "seconds > 0"),
-    "choice": (text, "one of"),
-    "host_port": (host_port, "HOST:PORT"),
-    "path": (Path, "path"),
-    "options": (text, "table of options"),
-    "verbosity": (non_negative_int, "integer ≥ 0"),
-    "bytes_rate": (parse_bytes_rate, "bytes/s (500K, 10M, 1G; K = 1024) or off"),
-}
+# What other modules import from here; the value parsers live in ``option_values``.
+__all__ = [
+    "BY_NAME",
+    "DEFAULT_BASE_URL",
+    "ENV_PREFIX",
+    "KINDS",
+    "NOT_SETTINGS",
+    "README_BEGIN",
+    "README_END",
+    "SETTINGS",
+    "Setting",
+    "add_flags",
+    "boolean",
+    "from_environ",
+    "host_port",
+    "job_keys",
+    "layered",
+    "non_negative_int",
+    "positive_int",
+    "rate",
+    "readme_table",
+    "seconds",
+    "text",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +162,10 @@ SETTINGS: Final[tuple[Setting, ...]] = (
        aliases=("--no-ledger",), flag_sets=False),
     _s("force_state", "bool", False, "use a ledger file written for another base URL or key",
        flag="--force", flag_sets=True),
+    _s("separate_ledger", "bool", False, "start this account's ledger although another ledger "
+       "of the same key holds orders (another base URL's, or the local one beside a shared "
+       "ledger): only when it is another account indeed", flag="--separate-ledger",
+       flag_sets=True),
     _s("lease_s", "seconds", 30.0, "how long this run's claim on a listing lasts unless "
        "renewed (it renews every third of it): how soon other workers take over after this "
        "one dies on another machine", flag="--lease", metavar="SECONDS"),

@@ -104,6 +104,9 @@ class Settings:
     ledger: bool = True
     # Use a ledger file written for another account anyway.
     force_state: bool = False
+    # Start this account's ledger although another ledger of its key holds orders (another
+    # base URL's, or the local one beside a shared ledger): see ledger/siblings.py.
+    separate_ledger: bool = False
     # How long a run's claim on a listing lasts unless renewed (it renews every third of it).
     lease_s: float = 30.0
     # New images of a listing that was ordered before go into a follow-up order

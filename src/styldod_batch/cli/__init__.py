@@ -15,6 +15,7 @@ from typing import NoReturn
 from styldod_batch.cli import (
     demo,
     download,
+    import_ledger,
     refresh,
     release,
     report,
@@ -47,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", parser_class=Parser
     )
-    for command in (upload, status, refresh, report, download, release, webhooks, demo, sandbox):
+    for command in (
+        upload, status, refresh, report, download, release, import_ledger, webhooks, demo, sandbox
+    ):  # fmt: skip
         command.add_parser(commands)
     return parser
 

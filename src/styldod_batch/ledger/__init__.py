@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from styldod_batch.errors import LedgerFailure, LedgerFull, LedgerUnavailable
+from styldod_batch.ledger.core import SQLLedger
 from styldod_batch.ledger.location import default_state_dir, ledger_file, ledgers_in
 from styldod_batch.ledger.null import NullLedger
 from styldod_batch.ledger.owner import Owner
@@ -26,6 +27,7 @@ from styldod_batch.ledger.records import (
     OrderOutcome,
     OrderRecord,
 )
+from styldod_batch.ledger.siblings import refuse_fork
 from styldod_batch.ledger.sqlite import SQLiteLedger
 from styldod_batch.ledger.store import Ledger
 from styldod_batch.settings import Settings
@@ -70,25 +72,42 @@ async def open_ledger(settings: Settings, *, read_only: bool = False) -> Ledger:
     """
     if not settings.ledger:
         return NullLedger()
-    if is_postgres_url(settings.state):
+    ledger: SQLLedger
+    shared = is_postgres_url(settings.state)
+    path, in_folder = ledger_file(settings.state, settings.base_url, settings.api_key)
+    if shared:
         from styldod_batch.ledger.postgres import PostgresLedger
 
-        return await PostgresLedger.open(
+        ledger = await PostgresLedger.open(
             str(settings.state),
             base_url=settings.base_url,
             api_key=settings.api_key,
             force=settings.force_state,
         )
-    path = ledger_path(settings)
-    if read_only and (not path.exists() or path.stat().st_size == 0):
-        return NullLedger()  # (an empty file: another run is creating it this moment)
-    return await SQLiteLedger.open(
-        path,
-        base_url=settings.base_url,
-        api_key=settings.api_key,
-        force=settings.force_state,
-        read_only=read_only,
-    )
+    else:
+        if read_only and (not path.exists() or path.stat().st_size == 0):
+            return NullLedger()  # (an empty file: another run is creating it this moment)
+        ledger = await SQLiteLedger.open(
+            path,
+            base_url=settings.base_url,
+            api_key=settings.api_key,
+            force=settings.force_state,
+            read_only=read_only,
+        )
+    if read_only or settings.separate_ledger or settings.force_state:
+        return ledger
+    try:
+        await refuse_fork(
+            ledger.db,
+            base_url=settings.base_url,
+            api_key=settings.api_key,
+            own_path=path if in_folder and not shared else None,
+            shared=shared,
+        )
+    except BaseException:
+        await ledger.close()
+        raise
+    return ledger
 
 
 def known_ledgers(settings: Settings) -> list[Path]:

@@ -14,6 +14,7 @@ from typing import Any
 
 from styldod_batch.ledger.dialect import Dialect, Tx
 from styldod_batch.ledger.faults import storable_row, storable_text
+from styldod_batch.ledger.labels import free_label
 from styldod_batch.ledger.lifecycle import LedgerLifecycle, free_images
 from styldod_batch.ledger.owner import Owner
 from styldod_batch.ledger.reads import load_view
@@ -81,7 +82,7 @@ class SQLLedger(LedgerLifecycle):
                 listing.identity,
             )
             if row is None:
-                label = await _free_label(self.db, tx, listing.name)
+                label = await free_label(self.db, tx, listing.name, listing.identity)
                 created = await tx.fetchone(
                     q(
                         "INSERT INTO {p}listings ({ac}identity, name, label, owner, lease_until,"
@@ -390,11 +391,3 @@ class SQLLedger(LedgerLifecycle):
         owed = self._writer.owed()
         if owed is not None:
             raise owed
-
-
-async def _free_label(db: Dialect, tx: Tx, name: str) -> str:
-    label, number = name, 1
-    while await tx.fetchone(db.q("SELECT 1 FROM {p}listings WHERE {a}label = ?"), label):
-        number += 1
-        label = f"{name} [{number}]"
-    return label

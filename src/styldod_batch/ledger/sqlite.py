@@ -267,6 +267,12 @@ class SQLiteLedger(SQLLedger):
             return
         for statement in SQLITE_SCHEMA:
             await tx.execute(statement)
+        carried_to = stored.get("carried_to")
+        if carried_to and not force:
+            raise LedgerError(
+                f"{self.path} was carried over to the ledger of key {carried_to} (a rotated "
+                "key): run with the new key; pass --force to use this old copy anyway"
+            )
         different = sorted(k for k, v in account.items() if k in stored and stored[k] != v)
         if different and not force:
             raise LedgerError(
