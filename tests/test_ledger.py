@@ -385,9 +385,9 @@ async def test_names_come_from_the_listing_folder_alone(
         (o.order_name or "", sorted(i.client_image_id for i in o.images))
         for o in box.api.orders.values()
     )
-    assert served == [
+    assert served == [  # the second "12 Oak St" is told apart by the folder above it
         ("12 Oak St", ["IMG_1.jpg"]),
-        ("12 Oak St", ["IMG_1.jpg"]),
+        ("12 Oak St (elsewhere)", ["IMG_1.jpg"]),
         ("Maple Ave 7", ["front.jpg"]),
         ("drone", ["aerial1.jpg"]),
     ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import datetime
 import os
 import subprocess
 import sys
@@ -303,7 +304,34 @@ async def interleaved_manifest(job: Job, root: Path) -> tuple[list[str], Expect]
     return ["--manifest", str(manifest)], Expect(orders=names, already_done=3)
 
 
+async def same_named_listings(job: Job, root: Path) -> tuple[list[str], Expect]:
+    """``alice/Unit-1`` and ``bob/Unit-1``: two orders whose names say which is which (the
+    second is told apart by its parent folder), in the plan as in the run."""
+    for owner in ("alice", "bob"):
+        for index in (1, 2):
+            photo(root / "photos" / owner / "Unit-1", f"img{index}.jpg")
+    return [str(root / "photos")], Expect(orders=["Unit-1", "Unit-1 (bob)"])
+
+
+async def named_by_template(job: Job, root: Path) -> tuple[list[str], Expect]:
+    """``--order-name '{job}-{listing}'``, and fixed-size batches named by the day."""
+    make_tree(root / "photos", folders=2, files=3, size=600)
+    if "none" in job.flags:
+        today = datetime.date.today().isoformat()
+        return [str(root / "photos")], Expect(orders=[f"{today}-batch-1", f"{today}-batch-2"])
+    return [str(root / "photos")], Expect(orders=["nightly-listing-01", "nightly-listing-02"])
+
+
 SCENARIOS: dict[str, tuple[Scenario, list[str]]] = {
+    "same-named-listings": (same_named_listings, []),
+    "order-name-template": (
+        named_by_template,
+        ["--order-name", "{job}-{listing}", "--job-name", "nightly"],
+    ),
+    "order-name-date-batches": (
+        named_by_template,
+        ["--order-by", "none", "--order-size", "3", "--order-name", "{date}-{listing}"],
+    ),
     "folders-split": (folders, ["--order-size", "3"]),
     "late-follow-up": (late_photos, ["--order-size", "3"]),
     "late-no-follow-up": (late_photos, ["--order-size", "3", "--no-follow-up"]),

@@ -12,7 +12,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from styldod_batch.cli import upload as cli_upload
@@ -59,6 +60,8 @@ level = st.dictionaries(
 )
 
 
+# Generation is slow only when other test processes take the CPU: not a property of the test.
+@hypothesis_settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(level, level, level)
 def test_client_and_server_resolve_every_option_set_alike(
     global_: Options, apply_to_all: Options, image: Options

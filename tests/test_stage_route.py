@@ -153,8 +153,11 @@ async def test_the_plan_names_fixed_size_batches_as_the_run_numbers_them(tmp_pat
     writer = await SQLiteLedger.open(db, base_url=BASE_URL, api_key=KEY)
     try:
         run_numbers = BatchNumbers(writer)
-        fixed = OrderPart("", "", 1)
-        assert [await run_numbers.of(fixed, None) for _ in range(2)] == [3, 4]
+        second, first = OrderPart("", "", 2), OrderPart("", "", 1)
+        # The second batch placed first still takes the number after the first's.
+        assert await run_numbers.of(second, None) == 4
+        assert await run_numbers.of(first, None) == 3
+        assert await run_numbers.of(second, None) == 4  # a part keeps its number
     finally:
         await writer.close()
 

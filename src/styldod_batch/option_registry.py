@@ -145,6 +145,11 @@ SETTINGS: Final[tuple[Setting, ...]] = (
        flag="--order-by", choices=("folder", "none")),
     _s("order_size", "count", 100, "images per order, at most 100", flag="--order-size",
        metavar="N"),
+    _s("order_name", "text", "", "a template for order names: {listing}, {n} (batch), {part}, "
+       "{date} (the run's day), {job}; e.g. '{date}-{listing}'. Default: the listing's label",
+       flag="--order-name", metavar="TEMPLATE"),
+    _s("job_name", "text", "", "the job's name, {job} in --order-name (default: the --job "
+       "file's name, else styldod-batch)", flag="--job-name", metavar="NAME"),
     _s("options", "options", {}, "an order-level option (apply_to_all), e.g. "
        "basic_editing=true; repeatable (a job file's [options] table is below the flags')",
        flag="--option", metavar="K=V", env=""),

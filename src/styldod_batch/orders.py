@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,6 +74,48 @@ def order_name(base: str, batch: int, part: int, *, split: bool) -> str:
         return f"batch-{batch}"
     name = base if batch <= 1 else f"{base} ({batch})"
     return f"{name}-{part}" if split else name
+
+
+ORDER_NAME_FIELDS = ("listing", "n", "part", "date", "job")
+
+
+def template_fields(template: str) -> set[str]:
+    """The fields ``--order-name`` uses; raises ``ValueError`` naming one it does not know."""
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except ValueError as exc:
+        raise ValueError(f"{template!r}: {exc}") from exc
+    for name in fields:
+        if name not in ORDER_NAME_FIELDS:
+            known = ", ".join("{" + f + "}" for f in ORDER_NAME_FIELDS)
+            raise ValueError(f"{template!r}: unknown field {{{name}}} (known: {known})")
+    return fields
+
+
+@dataclass(frozen=True, slots=True)
+class OrderNamer:
+    """An order's name, the same for a run and its dry run. Without a template: the
+    listing's label (``order_name``). With one (``--order-name '{date}-{listing}'``):
+    what it says, then whatever it leaves out that keeps names apart: `` (n)`` for a
+    listing's later batch, ``-n`` for a fixed-size batch, ``-part`` for a split part."""
+
+    template: str = ""
+    date: str = ""  # the run's day, YYYY-MM-DD
+    job: str = ""
+
+    def name(self, part: OrderPart, label: str, batch: int) -> str:
+        base = (label or part.base_name) if part.listing else ""
+        if not self.template:
+            return order_name(base, batch, part.number, split=part.split)
+        fields = template_fields(self.template)
+        name = self.template.format(
+            listing=base or "batch", n=batch, part=part.number, date=self.date, job=self.job
+        )
+        if "n" not in fields and (batch > 1 or not part.listing):
+            name += f" ({batch})" if part.listing else f"-{batch}"
+        if part.split and "part" not in fields:
+            name += f"-{part.number}"
+        return name
 
 
 class Grouper:

@@ -16,9 +16,9 @@ from typing import Any, Protocol
 from styldod_batch.errors import InputError
 from styldod_batch.ledger import Listing
 from styldod_batch.models import ImageItem, ImageResult, OrderResult
-from styldod_batch.orders import Grouper, OrderPart, effective_options, order_name
+from styldod_batch.orders import Grouper, OrderPart, effective_options
 from styldod_batch.pipeline.claims import ListingRun
-from styldod_batch.pipeline.place import BatchNumbers
+from styldod_batch.pipeline.place import BatchNumbers, order_namer
 from styldod_batch.pipeline.ports import ViewLedger
 from styldod_batch.pipeline.route import Verdict, decide
 from styldod_batch.report import Report, peak_rss_mb
@@ -77,6 +77,9 @@ class _Planner:
         self.reported_orders: set[int] = set()
         # The run's own numbering; the ledger only peeks (read-only), and claims nothing.
         self.batches = BatchNumbers(ledger, peek=True)
+        self.namer = order_namer(settings)
+        # The labels this plan gave listings the ledger lacks: a run's claims would take them.
+        self.labels: set[str] = set()
         self.started = time.monotonic()
 
     async def take(self, event: ScanEvent) -> None:
@@ -95,7 +98,9 @@ class _Planner:
     async def _listing(self, item: ImageItem) -> ListingRun:
         state = self.views.get(item.listing)
         if state is None:
-            view = await self.ledger.view(Listing(item.listing, item.group))
+            view = await self.ledger.view(Listing(item.listing, item.group), self.labels)
+            if view.listing_id is None:
+                self.labels.add(view.label)
             state = self.views[item.listing] = ListingRun(view, view.ordered_before)
         return state
 
@@ -146,7 +151,7 @@ class _Planner:
         if part.listing:
             slot = self.views.get(part.listing) or await self._listing(part.items[0])
         batch = await self.batches.of(part, slot)
-        name = order_name(part.base_name, batch, part.number, split=part.split)
+        name = self.namer.name(part, slot.view.label if slot else "", batch)
         if self.on_plan is not None:
             apply_to_all = self.settings.options
             self.on_plan(

@@ -19,6 +19,7 @@ from styldod_batch.errors import ConfigurationError
 from styldod_batch.identity import canonical_base_url
 from styldod_batch.option_registry import DEFAULT_BASE_URL, from_environ, layered
 from styldod_batch.options import option_problem
+from styldod_batch.orders import template_fields
 
 ENV_API_KEY = "STYLDOD_API_KEY"
 ENV_API_SECRET = "STYLDOD_API_SECRET"  # noqa: S105 (the variable's name, not a secret)
@@ -83,6 +84,9 @@ class Settings:
     concurrency: int = 16
     order_by: OrderBy = "folder"
     order_size: int = 100
+    # A template for order names (``orders.OrderNamer``); "" names them by listing label.
+    order_name: str = ""
+    job_name: str = ""
     options: Mapping[str, Any] = field(default_factory=dict)
     webhook_url: str | None = None
     dry_run: bool = False
@@ -199,6 +203,11 @@ def validate(settings: Settings) -> None:
         raise ConfigurationError(
             f"order_size must be between 1 and {limit}, not {settings.order_size}"
         )
+    if settings.order_name:
+        try:
+            template_fields(settings.order_name)
+        except ValueError as exc:
+            raise ConfigurationError(f"order_name: {exc}") from None
     if settings.order_by not in ("folder", "none"):
         raise ConfigurationError(f"order_by must be 'folder' or 'none', not {settings.order_by!r}")
     if settings.webhook_url is not None:

@@ -10,6 +10,7 @@ import os
 import socket
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
@@ -112,6 +113,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     job = load_job_file(job_path, strict_options=bool(flags["strict_options"])) if job_path else {}
     defaults = {s.name: s.default for s in SETTINGS}
     values = layered(defaults, job, from_environ(os.environ), flags)
+    if job_path and not values.get("job_name"):
+        values["job_name"] = Path(job_path).stem  # the job file names the job
     for setting in SETTINGS:
         if not setting.in_settings and hasattr(args, setting.name):
             setattr(args, setting.name, values.get(setting.name))

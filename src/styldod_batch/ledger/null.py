@@ -8,8 +8,10 @@ and orders everything again.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Collection
 from typing import Any
 
+from styldod_batch.ledger.labels import candidate_labels
 from styldod_batch.ledger.owner import Owner
 from styldod_batch.ledger.records import (
     Held,
@@ -29,9 +31,11 @@ class NullLedger(Ledger):
 
     def __init__(self) -> None:
         self._ids = itertools.count(1)
+        self._batches = itertools.count(1)  # fixed-size batches, within the run
+        self._labels: set[str] = set()
 
     async def claim(self, listing: Listing, owner: Owner, lease_s: float) -> ListingView | Held:
-        return ListingView(listing, next(self._ids), listing.name)
+        return ListingView(listing, next(self._ids), self._label(listing, self._labels))
 
     async def renew(self, owner: Owner, lease_s: float) -> None:
         return None
@@ -39,8 +43,15 @@ class NullLedger(Ledger):
     async def release(self, owner: Owner, listing_id: int | None = None) -> None:
         return None
 
-    async def view(self, listing: Listing) -> ListingView:
-        return ListingView(listing)
+    async def view(self, listing: Listing, taken: Collection[str] = ()) -> ListingView:
+        return ListingView(listing, label=self._label(listing, set(taken)))
+
+    @staticmethod
+    def _label(listing: Listing, taken: set[str]) -> str:
+        """Same-named listings of one run are told apart as the ledger tells them apart."""
+        label = next(x for x in candidate_labels(listing.name, listing.identity) if x not in taken)
+        taken.add(label)
+        return label
 
     def record_image(
         self, listing_id: int, image: ImageRecord, *, attempts: int = 0, error: str | None = None
@@ -51,7 +62,7 @@ class NullLedger(Ledger):
         return None
 
     async def next_batch(self, listing_id: int | None) -> int:
-        return 1
+        return 1 if listing_id is not None else next(self._batches)
 
     async def write_order_ahead(self, owner: Owner, draft: OrderDraft) -> int:
         return next(self._ids)

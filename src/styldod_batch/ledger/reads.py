@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from styldod_batch.ledger.dialect import Dialect, Tx
+from styldod_batch.ledger.labels import free_label
 from styldod_batch.ledger.records import ImageRecord, Listing, ListingView, OrderRecord
 from styldod_batch.ledger.store import Ledger
 
@@ -26,15 +28,16 @@ class LedgerReads(Ledger):
         await self._settled()
         return await self.db.run(work, write=False, what=what)
 
-    async def view(self, listing: Listing) -> ListingView:
+    async def view(self, listing: Listing, taken: Collection[str] = ()) -> ListingView:
         q = self.db.q
 
         async def work(tx: Tx) -> ListingView:
             row = await tx.fetchone(
                 q("SELECT id, label FROM {p}listings WHERE {a}identity = ?"), listing.identity
             )
-            if row is None:
-                return ListingView(listing)
+            if row is None:  # the label a claim would take now
+                label = await free_label(self.db, tx, listing.name, listing.identity, taken)
+                return ListingView(listing, label=label)
             return await load_view(self.db, tx, listing, int(row[0]), str(row[1]))
 
         view: ListingView = await self._read(work)

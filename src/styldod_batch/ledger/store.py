@@ -21,6 +21,7 @@ backend keeps:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Collection
 from typing import Any
 
 from styldod_batch.errors import LedgerError
@@ -61,8 +62,9 @@ class Ledger(ABC):
         """Let go of one listing, or (``None``) of every claim ``owner`` holds."""
 
     @abstractmethod
-    async def view(self, listing: Listing) -> ListingView:
-        """What is known of ``listing``, without claiming it (dry runs)."""
+    async def view(self, listing: Listing, taken: Collection[str] = ()) -> ListingView:
+        """What is known of ``listing``, without claiming it (dry runs); a listing the
+        ledger lacks gets the label a claim would give it, none of ``taken``."""
 
     # -- images and orders -------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ uploads wait for one to end."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import re
 import uuid
@@ -27,11 +28,11 @@ from styldod_batch.errors import (
 from styldod_batch.ledger import ClaimLost, OrderDraft, OrderItem, OrderOutcome, OrderRecord, Owner
 from styldod_batch.logs import event as log_event
 from styldod_batch.models import OrderResult, RequestCounters
-from styldod_batch.orders import OrderPart, item_key, order_name, order_payload
+from styldod_batch.orders import OrderNamer, OrderPart, item_key, order_payload
 from styldod_batch.pipeline.claims import Claims, ListingRun, absolute
 from styldod_batch.pipeline.ports import SYSTEM_CLOCK, BatchLedger, Clock, OrderLedger, OrderSink
 from styldod_batch.retry import retrying
-from styldod_batch.settings import RetryPolicy
+from styldod_batch.settings import RetryPolicy, Settings
 
 ORDER_WORKERS = 4
 # Orders placed and not yet done: at this many, settling uploads wait for one to end, so that
@@ -47,6 +48,12 @@ class BatchSlot(Protocol):
 
     @property
     def known_id(self) -> int | None: ...
+
+
+def order_namer(settings: Settings) -> OrderNamer:
+    """How this run names its orders: ``--order-name``, the day it started, the job."""
+    today = datetime.date.today().isoformat()
+    return OrderNamer(settings.order_name, today, settings.job_name or "styldod-batch")
 
 
 class BatchNumbers:
@@ -102,6 +109,7 @@ class Placer:
         spawn: Callable[..., object],
         on_backlog: Callable[[int], None] | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        namer: OrderNamer | None = None,
     ) -> None:
         self.ledger = ledger
         self.owner = owner
@@ -117,6 +125,7 @@ class Placer:
         self._spawn = spawn
         self._on_backlog = on_backlog
         self.clock = clock
+        self.namer = namer or OrderNamer()
         self.batches = BatchNumbers(ledger)
         self.slots = asyncio.Semaphore(ORDER_WORKERS)
         # Order tasks not yet done; ``_room`` is set while there are fewer than ORDER_BACKLOG.
@@ -158,7 +167,7 @@ class Placer:
             states[identity] = held
         state = states.get(part.listing)
         batch = await self.batches.of(part, state)
-        name = order_name(part.base_name, batch, part.number, split=part.split)
+        name = self.namer.name(part, state.view.label if state else "", batch)
         await self._leave_out_live(part, states)
         payload = order_payload(part, name, options=self.options, webhook_url=self.webhook_url)
         images = payload["image_list"]

@@ -6,6 +6,7 @@ store), a ``Ledger`` and ``SYSTEM_CLOCK``; tests pass in-memory fakes and a virt
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any, Protocol
 
 from styldod_batch.budget import SYSTEM_CLOCK, Clock
@@ -63,7 +64,7 @@ class BatchLedger(Protocol):
 class ViewLedger(BatchLedger, Protocol):
     """What a dry run reads (it claims nothing)."""
 
-    async def view(self, listing: Listing) -> ListingView: ...
+    async def view(self, listing: Listing, taken: Collection[str] = ()) -> ListingView: ...
 
 
 class ClaimLedger(Protocol):

@@ -25,7 +25,7 @@ from styldod_batch.pipeline.claims import Claims
 from styldod_batch.pipeline.events import Events, ImageCallback, OrderCallback, ResultQueue
 from styldod_batch.pipeline.feed import Feed, count_ahead
 from styldod_batch.pipeline.intake import Intake
-from styldod_batch.pipeline.place import Placer
+from styldod_batch.pipeline.place import Placer, order_namer
 from styldod_batch.pipeline.ports import (
     SYSTEM_CLOCK,
     Clock,
@@ -100,6 +100,7 @@ class PipelineRun:
             spawn=self._spawn,
             on_backlog=services.on_backlog,
             clock=services.clock,
+            namer=order_namer(settings),
         )
         self.claims.wire(self._spawn, self.placer.resend_later)
         self.settler = Settler(self.events, self.placer)
