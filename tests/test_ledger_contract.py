@@ -178,6 +178,36 @@ async def test_a_listing_claimed_again_knows_its_images_and_orders(store: Store)
     assert await ledger.next_batch(listing_id) == 3
 
 
+async def test_ordered_content_is_found_across_the_account_by_size_then_md5(
+    store: Store,
+) -> None:
+    """A moved folder's images: what a live order of any listing holds is found by size and
+    content; a refused order's content is free again."""
+    ledger, owner = await store.open(), Owner.for_this_run()
+    view = await claimed(ledger, owner, "Unit-1")
+    other = await claimed(ledger, owner, "Unit-2")
+    for name, md5 in (("1.jpg", "a" * 32), ("2.jpg", "b" * 32)):
+        ledger.record_image(view.listing_id or 0, image(name, md5))
+    ledger.record_image(other.listing_id or 0, image("3.jpg", "c" * 32))
+    ordered = await ledger.write_order_ahead(owner, draft(view, "k1", ("1.jpg", "a" * 32)))
+    ledger.settle_order(ordered, OrderOutcome("created", order_id="ORD-1", status="pending"))
+    refused = await ledger.write_order_ahead(owner, draft(other, "k2", ("3.jpg", "c" * 32)))
+    ledger.settle_order(refused, OrderOutcome("refused", error="HTTP 400"))
+    await ledger.flush()
+
+    reader = await store.open(read_only=True)
+    for seen in (ledger, reader):
+        copies = await seen.placed_copies(10)
+        assert sorted(copies) == ["a" * 32], "2.jpg was never ordered, 3.jpg was refused"
+        copy = copies["a" * 32]
+        assert (copy.where, copy.order, copy.path) == (
+            "Unit-1/1.jpg",
+            "Unit-1 #k1",
+            "/photos/1.jpg",
+        )
+        assert await seen.placed_copies(11) == {}
+
+
 async def test_the_null_ledger_keeps_nothing_and_never_refuses() -> None:
     ledger, owner = NullLedger(), Owner.for_this_run()
     view = await ledger.claim(Listing("folder:/house", "house"), owner, 30)

@@ -70,6 +70,7 @@ async def test_library_and_runner_give_the_same_report(
         "already_done": 0,
         "changed": 0,
         "late": 0,
+        "moved": 0,
     }
     assert set(runner) >= {"images", "orders", "failures", "requests", "elapsed_s", "peak_rss_mb"}
     assert all(o["orderID"] for o in runner["orders"])
@@ -92,6 +93,7 @@ async def test_runner_exit_statuses_and_messages(
         "already_done": 0,
         "changed": 0,
         "late": 0,
+        "moved": 0,
     }
 
     missing = await cli(

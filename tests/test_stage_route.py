@@ -8,13 +8,27 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from styldod_batch.ledger import ImageRecord, Listing, ListingView, OrderDraft, OrderItem, Owner
+from styldod_batch.ledger import (
+    ImageRecord,
+    Listing,
+    ListingView,
+    OrderDraft,
+    OrderItem,
+    Owner,
+    PlacedCopy,
+)
 from styldod_batch.ledger.sqlite import SQLiteLedger
 from styldod_batch.models import ImageItem
 from styldod_batch.orders import OrderPart
 from styldod_batch.pipeline.feed import ItemFeed
 from styldod_batch.pipeline.place import BatchNumbers
-from styldod_batch.pipeline.route import Verdict, changed_result, decide, late_result
+from styldod_batch.pipeline.route import (
+    Verdict,
+    changed_result,
+    decide,
+    late_result,
+    moved_result,
+)
 from styldod_batch.plan import plan_run
 from styldod_batch.rerun import already_ordered
 from styldod_batch.settings import Settings
@@ -192,3 +206,44 @@ def _order(ref: int, name: str, *, batch: int) -> Any:
     return OrderRecord(
         ref, 7, batch, 1, name, b"{}", "key", "created", "o-1", "done", 1, None, label=name
     )
+
+
+class FakeContent:
+    """The account's ordered content, in memory: size -> {md5: copy}; counts the look-ups."""
+
+    def __init__(self, copies: dict[int, dict[str, PlacedCopy]]) -> None:
+        self.copies = copies
+        self.asked: list[int] = []
+
+    async def placed_copies(self, size: int) -> dict[str, PlacedCopy]:
+        self.asked.append(size)
+        return self.copies.get(size, {})
+
+
+async def test_an_image_new_here_whose_content_is_ordered_elsewhere_is_moved(
+    tmp_path: Path,
+) -> None:
+    moved = item_at(tmp_path, "a.jpg", b"the very bytes")
+    same_size = item_at(tmp_path, "b.jpg", b"other  bytes!!")
+    new = item_at(tmp_path, "c.jpg", b"a size nobody has")
+    md5 = hashlib.md5(b"the very bytes", usedforsecurity=False).hexdigest()
+    copy = PlacedCopy("Unit-1", "img1.jpg", "Unit-1", "/drive1/Unit-1/img1.jpg")
+    content = FakeContent({moved.size: {md5: copy}})
+    view = ListingView(LISTING, listing_id=7)
+
+    route = await decide(moved, view, Settings(), content=content)
+    assert (route.verdict, route.copy, route.md5) == (Verdict.MOVED, copy, md5)
+    result = moved_result(moved, route.copy)
+    assert (result.status, result.same_as, result.order) == ("moved", "Unit-1/img1.jpg", "Unit-1")
+    assert "--reorder-moved" in (result.error or "")
+    # The same size, other bytes: uploaded. A size nobody has: the file is not even read.
+    assert (await decide(same_size, view, Settings(), content=content)).verdict is Verdict.UPLOAD
+    assert (await decide(new, view, Settings(), content=content)).verdict is Verdict.UPLOAD
+    # With --reorder-moved, or for an image the listing knows, nothing is looked up.
+    content.asked.clear()
+    assert (
+        await decide(moved, view, Settings(reorder_moved=True), content=content)
+    ).verdict is Verdict.UPLOAD
+    known = view_with(record_of(moved))
+    assert (await decide(moved, known, Settings(), content=content)).verdict is Verdict.REUSE
+    assert content.asked == []

@@ -88,6 +88,7 @@ def render(
         "failed": report.failed,
         "already_done": report.already_done,
         "changed": len(report.changed),
+        "moved": len(report.moved),
         "late": len(report.late),
         "not_reached": report.not_reached,
     }

@@ -46,7 +46,9 @@ class UploadTarget:
 # uploaded: now, or (``resumed``) by an earlier run and ordered now; ordered: in an order placed
 # earlier, nothing to do; changed: its content differs from what its order holds (not sent);
 # late: new in a listing ordered before, with follow-up orders turned off (not sent).
-ImageStatus = Literal["uploaded", "skipped", "failed", "planned", "ordered", "changed", "late"]
+ImageStatus = Literal[
+    "uploaded", "skipped", "failed", "planned", "ordered", "changed", "late", "moved"
+]
 
 
 @dataclass(slots=True)
@@ -64,6 +66,8 @@ class ImageResult:
     resumed: bool = False
     # The order it is in, or (changed) was in.
     order: str | None = None
+    # (moved) The image of another listing whose very content it is: "label/client_image_id".
+    same_as: str | None = None
 
 
 OrderStatus = Literal["created", "failed", "planned"]

@@ -180,6 +180,10 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     _s("reorder_changed", "bool", False, "order again an image whose content changed after "
        "it was ordered (by default it is reported, never silently ordered again)",
        flag="--reorder-changed", flag_sets=True),
+    _s("reorder_moved", "bool", False, "order an image whose very content a live order of the "
+       "account holds under another path (a moved or copied folder); by default it is "
+       "reported as moved, never silently ordered again", flag="--reorder-moved",
+       flag_sets=True),
     _s("check_content", "bool", True, "read each image's head and tail before it is ordered: "
        "a file that is not the image type its name says (an HTML page saved as .jpg), or a "
        "JPEG or PNG cut off, fails alone; --no-check-content skips it",

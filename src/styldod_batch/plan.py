@@ -20,7 +20,7 @@ from styldod_batch.orders import Grouper, OrderPart, effective_options
 from styldod_batch.pipeline.claims import ListingRun
 from styldod_batch.pipeline.place import BatchNumbers, order_namer
 from styldod_batch.pipeline.ports import ViewLedger
-from styldod_batch.pipeline.route import Verdict, decide
+from styldod_batch.pipeline.route import Verdict, decide, moved_result
 from styldod_batch.report import Report, peak_rss_mb
 from styldod_batch.rerun import already_ordered, earlier_order
 from styldod_batch.scan import GroupEnd, ScanEvent, Skipped
@@ -107,7 +107,7 @@ class _Planner:
     async def _image_item(self, item: ImageItem) -> None:
         state = await self._listing(item)
         try:
-            route = await decide(item, state.view, self.settings)
+            route = await decide(item, state.view, self.settings, content=self.ledger)
         except InputError as exc:
             self._image(ImageResult(item.path, "failed", item.client_image_id, error=exc.reason))
             return
@@ -117,6 +117,10 @@ class _Planner:
             if order is not None and order.ref not in self.reported_orders:
                 self.reported_orders.add(order.ref)
                 self._order(earlier_order(order, item.group))
+            return
+        if verdict is Verdict.MOVED:
+            assert route.copy is not None
+            self._image(moved_result(item, route.copy))
             return
         if verdict in (Verdict.CHANGED, Verdict.LATE):
             self._image(

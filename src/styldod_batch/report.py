@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +46,10 @@ class Report:
     # ordered before with follow-ups off: named, not sent.
     changed: list[dict[str, str]] = field(default_factory=list)
     late: list[dict[str, str]] = field(default_factory=list)
+    # Images new in their place whose very content a live order holds under another path.
+    moved: list[dict[str, str]] = field(default_factory=list)
+    # Images met in each folder, to tell a folder moved whole from a few copied files.
+    _per_folder: Counter[str] = field(default_factory=Counter, repr=False)
     # Images the service marked as errors, or orders that never finished while we waited.
     processing_failed: int = 0
     outputs: dict[str, int] = field(default_factory=dict)
@@ -76,7 +82,18 @@ class Report:
 
     def add_image(self, result: ImageResult) -> None:
         self.total += 1
-        if result.status in ("changed", "late"):
+        if result.client_image_id:
+            self._per_folder[os.path.dirname(result.path)] += 1
+        if result.status == "moved":
+            self.moved.append(
+                {
+                    "path": result.path,
+                    "client_image_id": result.client_image_id,
+                    "same_as": result.same_as or "",
+                    "order": result.order or "",
+                }
+            )
+        elif result.status in ("changed", "late"):
             entry = {"path": result.path, "client_image_id": result.client_image_id}
             entry["listing" if result.status == "late" else "order"] = (
                 result.group if result.status == "late" else result.order or ""
@@ -94,6 +111,19 @@ class Report:
         else:
             self.failed += 1
             self.failures.append({"path": result.path, "error": result.error or "failed"})
+
+    def moved_listings(self) -> list[dict[str, Any]]:
+        """Folders whose every image is the content of one ordered listing: that listing,
+        moved (or copied) whole."""
+        by_folder: dict[str, list[str]] = {}
+        for entry in self.moved:
+            by_folder.setdefault(os.path.dirname(entry["path"]), []).append(entry["same_as"])
+        found = []
+        for folder, same_as in sorted(by_folder.items()):
+            labels = {s.rpartition("/")[0] for s in same_as}
+            if len(labels) == 1 and len(same_as) == self._per_folder[folder]:
+                found.append({"listing": folder, "same_as": labels.pop(), "images": len(same_as)})
+        return found
 
     def add_order(self, result: OrderResult) -> None:
         self.orders.append(result)
@@ -133,6 +163,7 @@ class Report:
                 "already_done": self.already_done,
                 "changed": len(self.changed),
                 "late": len(self.late),
+                "moved": len(self.moved),
                 **({"not_reached": self.not_reached} if self.interrupted else {}),
                 **({"planned": self.planned} if self.dry_run else {}),
             },
@@ -151,6 +182,8 @@ class Report:
             ],
             "changed": self.changed,
             "late": self.late,
+            "moved": self.moved,
+            "moved_listings": self.moved_listings(),
             "failures": self.failures,
             "requests": self.requests.as_dict(),
             **({"outputs": self.outputs} if self.outputs else {}),
@@ -206,6 +239,8 @@ class Report:
                 "follow-up orders are turned off):"
             )
             lines.extend(f"  {c['path']} ({c['listing']})" for c in self.late[:50])
+        if self.moved:
+            lines.extend(self._moved_lines())
         if self.outputs:
             lines.append(self._outputs_line())
         created = [o for o in self.orders if o.status == "created"]
@@ -242,6 +277,22 @@ class Report:
         if self.interrupted:
             lines.append("Interrupted: re-run the same command to finish the job.")
         return "\n".join(lines)
+
+    def _moved_lines(self) -> list[str]:
+        lines = [
+            f"Already ordered under another path, not ordered again ({len(self.moved)}; "
+            "--reorder-moved orders them again):"
+        ]
+        whole = self.moved_listings()
+        for listing in whole:
+            lines.append(
+                f"  {listing['listing']}: the listing {listing['same_as']}, moved "
+                f"({plural(listing['images'], 'image')})"
+            )
+        folders = {listing["listing"] for listing in whole}
+        rest = [m for m in self.moved if os.path.dirname(m["path"]) not in folders]
+        lines.extend(f"  {m['path']} (= {m['same_as']} in {m['order']})" for m in rest[:50])
+        return lines
 
     def _outputs_line(self) -> str:
         return "Outputs: " + ", ".join(f"{n} {state}" for state, n in sorted(self.outputs.items()))

@@ -33,6 +33,7 @@ class Verdict(enum.Enum):
     ORDERED = "ordered"
     CHANGED = "changed"
     LATE = "late"
+    MOVED = "moved"  # new here, its very content ordered in another place of the account
 
 
 def file_md5(path: str) -> str:

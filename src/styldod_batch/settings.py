@@ -118,6 +118,8 @@ class Settings:
     follow_ups: bool = True
     # Order again an image whose content changed after it was ordered (else: reported).
     reorder_changed: bool = False
+    # Order an image even when its very content is in a live order under another path.
+    reorder_moved: bool = False
     # Follow links that lead outside the input folders (else they are skipped, and named).
     follow_symlinks: bool = False
     # Read each image's head and tail first: a file that is not the image its name says, or

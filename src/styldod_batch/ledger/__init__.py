@@ -26,6 +26,7 @@ from styldod_batch.ledger.records import (
     OrderItem,
     OrderOutcome,
     OrderRecord,
+    PlacedCopy,
 )
 from styldod_batch.ledger.siblings import refuse_fork
 from styldod_batch.ledger.sqlite import SQLiteLedger
@@ -49,6 +50,7 @@ __all__ = [
     "OrderOutcome",
     "OrderRecord",
     "Owner",
+    "PlacedCopy",
     "SQLiteLedger",
     "default_state_dir",
     "ledger_path",

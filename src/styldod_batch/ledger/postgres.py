@@ -26,6 +26,7 @@ from styldod_batch.ledger.dialect import Dialect, Tx
 from styldod_batch.ledger.faults import Fault
 from styldod_batch.ledger.location import account_id, key_fingerprint
 from styldod_batch.ledger.schema import (
+    IMAGES_BY_SIZE_POSTGRES,
     POSTGRES_SCHEMA,
     POSTGRES_SCHEMA_LOCK,
     POSTGRES_SCHEMA_VERSION,
@@ -205,6 +206,7 @@ class PostgresLedger(SQLLedger):
                     await tx.execute(statement)
                 break
         await self._check_privileges(tx)
+        await self._index_sizes(tx)
         rows = [
             ("schema", POSTGRES_SCHEMA_VERSION),
             ("base_url", base_url.rstrip("/")),
@@ -215,6 +217,19 @@ class PostgresLedger(SQLLedger):
             " ON CONFLICT DO NOTHING",
             [(self.db.account, name, value) for name, value in rows],
         )
+
+    async def _index_sizes(self, tx: Tx) -> None:
+        """Tables made before the index by size get it when this role owns them; without it
+        the search for moved content still works, more slowly."""
+        found = await tx.fetchone("SELECT to_regclass('styldod_images_by_size')::text")
+        if found is not None and found[0] is not None:
+            return
+        owner = await tx.fetchone(
+            "SELECT pg_has_role(current_user, relowner, 'USAGE') FROM pg_class"
+            " WHERE oid = 'styldod_images'::regclass"
+        )
+        if owner and owner[0]:
+            await tx.execute(IMAGES_BY_SIZE_POSTGRES)
 
     async def _check_privileges(self, tx: Tx) -> None:
         """A role that may not write every table learns it now, by name, not mid-run."""

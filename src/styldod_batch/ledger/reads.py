@@ -7,7 +7,13 @@ from typing import Any
 
 from styldod_batch.ledger.dialect import Dialect, Tx
 from styldod_batch.ledger.labels import free_label
-from styldod_batch.ledger.records import ImageRecord, Listing, ListingView, OrderRecord
+from styldod_batch.ledger.records import (
+    ImageRecord,
+    Listing,
+    ListingView,
+    OrderRecord,
+    PlacedCopy,
+)
 from styldod_batch.ledger.store import Ledger
 
 ORDER_COLUMNS = (
@@ -42,6 +48,29 @@ class LedgerReads(Ledger):
 
         view: ListingView = await self._read(work)
         return view
+
+    async def placed_copies(self, size: int) -> dict[str, PlacedCopy]:
+        """The contents of ``size`` bytes that a live order of the account holds, by MD5:
+        where each was ordered (one place each, the first ordered)."""
+        q = self.db.q
+
+        async def work(tx: Tx) -> dict[str, PlacedCopy]:
+            rows = await tx.fetchall(
+                q(
+                    "SELECT oi.md5, l.label, oi.client_image_id, o.name, oi.path"
+                    " FROM {p}images i JOIN {p}listings l ON l.id = i.listing_id"
+                    " JOIN {p}order_items oi ON oi.listing_id = i.listing_id"
+                    " AND oi.client_image_id = i.client_image_id AND oi.live = {true}"
+                    " JOIN {p}orders o ON o.id = oi.order_ref"
+                    " WHERE {al}i.size = ? AND o.state IN ('sent', 'created', 'conflict')"
+                    " ORDER BY o.id DESC"
+                ),
+                size,
+            )
+            return {str(r[0]): PlacedCopy(str(r[1]), str(r[2]), str(r[3]), str(r[4])) for r in rows}
+
+        copies: dict[str, PlacedCopy] = await self._read(work, what="the account's ordered content")
+        return copies
 
     async def _peek_batch(self, listing_id: int | None) -> int:
         async def work(tx: Tx) -> int:

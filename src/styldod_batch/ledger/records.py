@@ -104,6 +104,20 @@ class OrderRecord:
         return self.state in LIVE_ORDER_STATES
 
 
+@dataclass(frozen=True, slots=True)
+class PlacedCopy:
+    """An image of the account whose content a live order holds: where it was ordered."""
+
+    label: str  # its listing's label
+    client_image_id: str
+    order: str  # the order's name
+    path: str  # the file it was ordered from
+
+    @property
+    def where(self) -> str:
+        return f"{self.label}/{self.client_image_id}"
+
+
 @dataclass(slots=True)
 class ListingView:
     """What the ledger knows of one listing: its images and the orders that hold them."""

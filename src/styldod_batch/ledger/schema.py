@@ -55,6 +55,8 @@ CREATE TABLE IF NOT EXISTS orders (
 );
 CREATE INDEX IF NOT EXISTS orders_by_listing ON orders (listing_id, batch);
 CREATE INDEX IF NOT EXISTS orders_by_id ON orders (order_id);
+-- An image's content is looked for across the account by its size first (moved folders).
+CREATE INDEX IF NOT EXISTS images_by_size ON images (size);
 CREATE TABLE IF NOT EXISTS order_items (
     order_ref INTEGER NOT NULL REFERENCES orders (id),
     listing_id INTEGER NOT NULL,
@@ -91,6 +93,11 @@ CREATE TABLE IF NOT EXISTS events (
 """
 SQLITE_SCHEMA = [s.strip() for s in _SQLITE.split(";\n") if s.strip()]
 
+# Made with the tables, and for tables made before it by a role that owns them (postgres.py).
+IMAGES_BY_SIZE_POSTGRES = (
+    "CREATE INDEX IF NOT EXISTS styldod_images_by_size ON styldod_images (size)"
+)
+
 POSTGRES_SCHEMA = [
     """CREATE TABLE IF NOT EXISTS styldod_meta (
         account TEXT NOT NULL, name TEXT NOT NULL, value TEXT NOT NULL,
@@ -120,6 +127,7 @@ POSTGRES_SCHEMA = [
         error TEXT,
         updated_at DOUBLE PRECISION NOT NULL,
         PRIMARY KEY (listing_id, client_image_id))""",
+    IMAGES_BY_SIZE_POSTGRES,
     """CREATE TABLE IF NOT EXISTS styldod_orders (
         id BIGSERIAL PRIMARY KEY,
         account TEXT NOT NULL,

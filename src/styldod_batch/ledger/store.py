@@ -35,6 +35,7 @@ from styldod_batch.ledger.records import (
     OrderItem,
     OrderOutcome,
     OrderRecord,
+    PlacedCopy,
 )
 
 
@@ -65,6 +66,10 @@ class Ledger(ABC):
     async def view(self, listing: Listing, taken: Collection[str] = ()) -> ListingView:
         """What is known of ``listing``, without claiming it (dry runs); a listing the
         ledger lacks gets the label a claim would give it, none of ``taken``."""
+
+    @abstractmethod
+    async def placed_copies(self, size: int) -> dict[str, PlacedCopy]:
+        """The contents of ``size`` bytes a live order of the account holds, by MD5."""
 
     # -- images and orders -------------------------------------------------------------------
 

@@ -49,7 +49,7 @@ class Events:
                 path=result.path,
                 reason=result.error,
             )
-        elif result.status in ("changed", "late"):
+        elif result.status in ("changed", "late", "moved"):
             log_event(
                 logging.INFO,
                 f"file_{result.status}",

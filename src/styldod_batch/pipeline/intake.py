@@ -14,12 +14,14 @@ from styldod_batch.models import ImageItem, ImageResult, OrderResult
 from styldod_batch.orders import Grouper, OrderPart
 from styldod_batch.pipeline.claims import Claims, ListingRun, listing_name
 from styldod_batch.pipeline.feed import Feed
+from styldod_batch.pipeline.ports import ContentIndex
 from styldod_batch.pipeline.presign import DONE, PRESIGN_WORKERS, Planned
 from styldod_batch.pipeline.route import (
     Verdict,
     changed_result,
     decide,
     late_result,
+    moved_result,
     reused_result,
 )
 from styldod_batch.rerun import already_ordered, earlier_order
@@ -55,8 +57,10 @@ class Intake:
         planned: asyncio.Queue[Planned | object],
         *,
         stopping: asyncio.Event,
+        content: ContentIndex | None = None,
     ) -> None:
         self.settings = settings
+        self.content = content
         self.claims = claims
         self.events = events
         self.parts = parts
@@ -132,7 +136,11 @@ class Intake:
     async def _route(self, item: ImageItem, state: ListingRun) -> None:
         try:
             route = await decide(
-                item, state.view, self.settings, ordered_before=state.ordered_before
+                item,
+                state.view,
+                self.settings,
+                ordered_before=state.ordered_before,
+                content=self.content,
             )
         except InputError as exc:
             await self.events.image(
@@ -153,6 +161,9 @@ class Intake:
             assert record is not None and record.order_ref is not None
             self.claims.remember(state, item, route.md5, None, "changed")
             await self.events.image(changed_result(item, order))
+        elif verdict is Verdict.MOVED:
+            assert route.copy is not None
+            await self.events.image(moved_result(item, route.copy))
         elif verdict is Verdict.LATE:
             self.claims.remember(state, item, None, None, "late")
             await self.events.image(late_result(item))

@@ -19,6 +19,7 @@ from styldod_batch.ledger import (
     OrderItem,
     OrderOutcome,
     Owner,
+    PlacedCopy,
 )
 from styldod_batch.models import ImageItem, UploadTarget
 
@@ -61,7 +62,13 @@ class BatchLedger(Protocol):
     async def next_batch(self, listing_id: int | None) -> int: ...
 
 
-class ViewLedger(BatchLedger, Protocol):
+class ContentIndex(Protocol):
+    """The account's ordered content, looked up by size (a moved folder's images)."""
+
+    async def placed_copies(self, size: int) -> dict[str, PlacedCopy]: ...
+
+
+class ViewLedger(BatchLedger, ContentIndex, Protocol):
     """What a dry run reads (it claims nothing)."""
 
     async def view(self, listing: Listing, taken: Collection[str] = ()) -> ListingView: ...

@@ -10,18 +10,30 @@ compared (``rerun.classify``), and writes nothing. The run (``intake.py``) and t
 | ORDERED  | in a placed order, same content                             | reports it done       |
 | CHANGED  | in a placed order, content changed (no ``reorder_changed``)  | reports it changed    |
 | LATE     | new in a listing ordered before (no ``follow_ups``)          | reports it late       |
+| MOVED    | new here, its content in a live order elsewhere in the account | reports it moved    |
+|          | (no ``reorder_moved``): a moved folder is never billed twice |                       |
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
-from styldod_batch.ledger import ImageRecord, ListingView, OrderRecord
+from styldod_batch.ledger import ImageRecord, ListingView, OrderRecord, PlacedCopy
 from styldod_batch.models import ImageItem, ImageResult
-from styldod_batch.rerun import Verdict, classify
+from styldod_batch.pipeline.ports import ContentIndex
+from styldod_batch.rerun import Verdict, classify, file_md5
 from styldod_batch.settings import Settings
 
-__all__ = ["Route", "Verdict", "changed_result", "decide", "late_result", "reused_result"]
+__all__ = [
+    "Route",
+    "Verdict",
+    "changed_result",
+    "decide",
+    "late_result",
+    "moved_result",
+    "reused_result",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +44,8 @@ class Route:
     # What the ledger knew of the image, and the order that holds it (if any).
     record: ImageRecord | None
     order: OrderRecord | None
+    # (MOVED) where its very content was ordered.
+    copy: PlacedCopy | None = None
 
     def stale(self, item: ImageItem) -> bool:
         """Whether ``item``'s size or mtime differs from what the ledger knew of it."""
@@ -45,10 +59,12 @@ async def decide(
     settings: Settings,
     *,
     ordered_before: bool | None = None,
+    content: ContentIndex | None = None,
 ) -> Route:
     """What to do with ``item``. Raises ``InputError`` when its content must be read and
     cannot be. ``ordered_before``: whether the listing was ordered before this run (by
-    default, as ``view`` says)."""
+    default, as ``view`` says). ``content``: the account's ordered content, where an image
+    new to its listing is looked for (by size, then MD5) before it is uploaded."""
     record = view.images.get(item.client_image_id)
     verdict, md5 = await classify(
         item,
@@ -57,6 +73,12 @@ async def decide(
         follow_ups=settings.follow_ups,
         reorder_changed=settings.reorder_changed,
     )
+    if verdict is Verdict.UPLOAD and record is None and content and not settings.reorder_moved:
+        copies = await content.placed_copies(item.size)
+        if copies:  # the same size as something ordered: compare the content itself
+            md5 = await asyncio.to_thread(file_md5, item.path)
+            if md5 in copies:
+                return Route(Verdict.MOVED, md5, None, None, copies[md5])
     order = None
     if record is not None and record.order_ref is not None:
         order = view.orders.get(record.order_ref)
@@ -86,6 +108,20 @@ def late_result(item: ImageItem) -> ImageResult:
         group=item.group,
         error=f"new in {item.group}, which was ordered before: not ordered "
         "(follow-up orders are turned off)",
+    )
+
+
+def moved_result(item: ImageItem, copy: PlacedCopy) -> ImageResult:
+    """The result of an image whose very content is ordered under another path."""
+    return ImageResult(
+        item.path,
+        "moved",
+        item.client_image_id,
+        group=item.group,
+        order=copy.order,
+        same_as=copy.where,
+        error=f"the same content as {copy.where}, ordered in {copy.order} (from {copy.path}): "
+        "not ordered again (--reorder-moved orders it again)",
     )
 
 

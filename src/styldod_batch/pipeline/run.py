@@ -105,7 +105,13 @@ class PipelineRun:
         self.claims.wire(self._spawn, self.placer.resend_later)
         self.settler = Settler(self.events, self.placer)
         self.intake = Intake(
-            settings, self.claims, self.events, self.settler, self.planned, stopping=stopping
+            settings,
+            self.claims,
+            self.events,
+            self.settler,
+            self.planned,
+            stopping=stopping,
+            content=ledger,
         )
         self.presigner = Presigner(
             services.urls,
