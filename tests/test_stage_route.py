@@ -233,6 +233,7 @@ async def test_an_image_new_here_whose_content_is_ordered_elsewhere_is_moved(
 
     route = await decide(moved, view, Settings(), content=content)
     assert (route.verdict, route.copy, route.md5) == (Verdict.MOVED, copy, md5)
+    assert route.copy is not None
     result = moved_result(moved, route.copy)
     assert (result.status, result.same_as, result.order) == ("moved", "Unit-1/img1.jpg", "Unit-1")
     assert "--reorder-moved" in (result.error or "")
