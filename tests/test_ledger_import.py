@@ -19,6 +19,7 @@ from styldod_batch.identity import key_fingerprint
 from styldod_batch.ledger import ledger_path
 from styldod_batch.report import Report
 from styldod_batch.settings import RetryPolicy, Settings
+from styldod_batch.webhook_secret import webhook_secret
 from tests.hostile_api import HostileOrderAPI
 from tests.hostile_storage import HostileStorage
 from tests.runner_inprocess import run_main
@@ -117,6 +118,7 @@ async def test_a_rotated_key_carries_its_ledger_over_and_nothing_is_ordered_agai
     inputs, state = photos(tmp_path / "photos"), str(tmp_path / "state")
     assert ordered_now(await run(api.url, state, inputs)) == 6
     sent = api.count("POST", ORDERS)
+    secret = await webhook_secret(settings(api.url, state))
 
     first = await run_main(
         "import-ledger", "--from-key", key_fingerprint("k"), env=env(api.url, "k2", state)
@@ -133,6 +135,8 @@ async def test_a_rotated_key_carries_its_ledger_over_and_nothing_is_ordered_agai
     report = await run(api.url, state, inputs, key="k2")
     assert ordered_now(report) == 0 and report.ok
     assert api.count("POST", ORDERS) == sent
+    # Orders placed under the old key carry its webhook secret: the new key keeps it.
+    assert await webhook_secret(settings(api.url, state, key="k2")) == secret
     with pytest.raises(LedgerError, match="carried over"):
         await run(api.url, state, inputs)  # the old key's ledger is not used by mistake
 
@@ -145,6 +149,7 @@ async def test_moving_to_a_shared_ledger_keeps_the_history(
     assert ordered_now(await run(api.url, None, inputs)) == 6  # the local ledger, by default
     sent = api.count("POST", ORDERS)
     source = str(ledger_path(settings(api.url, None)))
+    secret = await webhook_secret(settings(api.url, None))
 
     # The shared ledger is empty for the account while the local one holds its orders.
     with pytest.raises(LedgerError) as stopped:
@@ -163,6 +168,7 @@ async def test_moving_to_a_shared_ledger_keeps_the_history(
     report = await run(api.url, shared, inputs)
     assert ordered_now(report) == 0 and report.ok
     assert api.count("POST", ORDERS) == sent
+    assert await webhook_secret(settings(api.url, shared)) == secret, "carried with the rows"
 
 
 async def test_a_rotated_key_in_a_shared_ledger_moves_its_rows(
@@ -171,6 +177,7 @@ async def test_a_rotated_key_in_a_shared_ledger_moves_its_rows(
     inputs = photos(tmp_path / "photos", listings=1)
     shared = await postgres_server.create_database("import_rotation")
     assert ordered_now(await run(api.url, shared, inputs)) == 3
+    secret = await webhook_secret(settings(api.url, shared))
     moved = await run_main(
         "import-ledger", "--from-key", key_fingerprint("k"), "--json",
         env=env(api.url, "k2", shared),
@@ -179,3 +186,4 @@ async def test_a_rotated_key_in_a_shared_ledger_moves_its_rows(
     assert moved.json()["target"]["orders"] == 1
     report = await run(api.url, shared, inputs, key="k2")
     assert ordered_now(report) == 0 and report.ok
+    assert await webhook_secret(settings(api.url, shared, key="k2")) == secret

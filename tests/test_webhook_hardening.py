@@ -243,7 +243,7 @@ async def test_a_job_ignores_events_of_other_orders_end_to_end(
     box = await sandbox_factory(rps=1000, order_step_s=1.0)
     journal, out = tmp_path / "j.sqlite", tmp_path / "out"
     port = free_port()
-    hook_url = f"http://127.0.0.1:{port}/hooks/" + webhook_secret(
+    hook_url = f"http://127.0.0.1:{port}/hooks/" + await webhook_secret(
         Settings(base_url=box.base_url, api_key=box.api_key, state=journal)
     )
     async with HostileOutputs() as elsewhere:

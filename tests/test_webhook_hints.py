@@ -9,7 +9,6 @@ import asyncio
 import hashlib
 import hmac
 import os
-import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,11 +22,11 @@ from styldod_batch.api import OrderAPIClient
 from styldod_batch.budget import local_budget
 from styldod_batch.engine import Uploader
 from styldod_batch.follow import OrderFollower, event_hint
-from styldod_batch.ledger import SQLiteLedger
+from styldod_batch.ledger import SQLiteLedger, open_ledger
 from styldod_batch.models import RequestCounters
 from styldod_batch.sandbox.pytest_plugin import SandboxFactory
 from styldod_batch.settings import Settings
-from styldod_batch.webhook_secret import secret_path, webhook_secret
+from styldod_batch.webhook_secret import earlier_secret_path, webhook_secret
 from styldod_batch.webhooks import WebhookReceiver
 from tests.helpers import make_tree
 from tests.hostile_api import HostileOrderAPI, json_answer
@@ -146,7 +145,7 @@ async def test_a_forged_completion_steers_neither_the_ledger_nor_the_download(
     settings = Settings(base_url=box.base_url, api_key=box.api_key, state=tmp_path / "state")
     async with (
         HostileOutputs() as elsewhere,
-        WebhookReceiver(token=webhook_secret(settings)) as hooks,
+        WebhookReceiver(token=await webhook_secret(settings)) as hooks,
     ):
         settings = settings.with_changes(webhook_url=hooks.url, poll_interval_s=0.2)
         async with Uploader(settings) as uploader, aiohttp.ClientSession() as http:
@@ -180,50 +179,58 @@ async def test_a_forged_completion_steers_neither_the_ledger_nor_the_download(
     assert elsewhere.url("") not in str(row.image_list), "the ledger holds the API's list"
 
 
-def test_the_webhook_secret_is_random_kept_and_private(tmp_path: Path) -> None:
+async def test_the_webhook_secret_is_random_and_kept_in_the_ledger(tmp_path: Path) -> None:
     one = Settings(base_url="https://orderapi.styldod.com", api_key="k1", state=tmp_path / "a")
-    secret = webhook_secret(one)
+    secret = await webhook_secret(one)
     assert len(secret) >= 32
-    assert webhook_secret(one) == secret, "kept across runs"
-    path = secret_path(one)
-    assert path.parent == tmp_path / "a"
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert await webhook_secret(one) == secret, "kept across runs"
+    ledger = await open_ledger(one, read_only=True)
+    try:
+        assert await ledger.webhook_secret() == secret, "in the ledger itself"
+    finally:
+        await ledger.close()
+    assert not earlier_secret_path(one).exists(), "no file beside it any more"
     # Not computable from the key: the same account elsewhere draws another one, and the
     # old token (an HMAC of the key and base URL) is not it.
     elsewhere = one.with_changes(state=tmp_path / "b")
-    assert webhook_secret(elsewhere) != secret
+    assert await webhook_secret(elsewhere) != secret
     old = hmac.new(b"k1", b"webhook|https://orderapi.styldod.com", hashlib.sha256)
     assert secret != old.hexdigest()[:32]
     # Another account in the same folder has its own.
-    assert webhook_secret(one.with_changes(api_key="k2")) != secret
-    # A ledger file given by name keeps its secret beside it.
-    named = one.with_changes(state=tmp_path / "c" / "j.sqlite")
-    (tmp_path / "c").mkdir()
-    webhook_secret(named)
-    assert secret_path(named) == tmp_path / "c" / "j.sqlite.webhook-secret"
+    assert await webhook_secret(one.with_changes(api_key="k2")) != secret
 
 
 async def test_processes_starting_at_once_agree_on_one_secret(tmp_path: Path) -> None:
     settings = Settings(base_url="https://orderapi.styldod.com", api_key="k", state=tmp_path)
-    secrets = await asyncio.gather(
-        *(asyncio.to_thread(webhook_secret, settings) for _ in range(16))
-    )
+    await (await open_ledger(settings)).close()  # the ledger exists; its secret does not yet
+
+    def in_a_thread() -> str:  # each with a connection and an event loop of its own
+        return asyncio.run(webhook_secret(settings))
+
+    secrets = await asyncio.gather(*(asyncio.to_thread(in_a_thread) for _ in range(8)))
     assert len(set(secrets)) == 1
-    leftovers = await asyncio.to_thread(lambda: [p.name for p in tmp_path.iterdir()])
-    assert [name for name in leftovers if name.startswith(".")] == []
 
 
-def test_a_damaged_secret_is_not_silently_replaced(tmp_path: Path) -> None:
+async def test_a_secret_an_earlier_version_kept_in_a_file_is_taken_over(tmp_path: Path) -> None:
+    """Orders placed then carry it in their webhook URL: the ledger takes it, not a new one."""
     from styldod_batch.errors import ConfigurationError
 
     settings = Settings(base_url="https://orderapi.styldod.com", api_key="k", state=tmp_path)
-    path = secret_path(settings)
-    path.write_text("short\n")
-    os.chmod(path, 0o644)
+    path = earlier_secret_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    kept = "E" * 43
+    path.write_text(kept + "\n")
+    assert await webhook_secret(settings) == kept
+    path.unlink()
+    assert await webhook_secret(settings) == kept, "kept in the ledger from then on"
+    # A damaged file is never silently replaced (for an account whose ledger has none yet).
+    other = settings.with_changes(api_key="k2")
+    damaged = earlier_secret_path(other)
+    damaged.write_text("short\n")
+    os.chmod(damaged, 0o644)
     with pytest.raises(ConfigurationError, match="not a webhook secret"):
-        webhook_secret(settings)
-    assert path.read_text() == "short\n"
+        await webhook_secret(other)
+    assert damaged.read_text() == "short\n"
 
 
 async def test_download_asks_the_api_about_orders_the_ledger_does_not_know_finished(

@@ -62,7 +62,8 @@ async def run_job(
     host, port = follow.listen
     # It listens before the run is ready to record events: until then it answers 503, and
     # the service delivers again (an acknowledged event is never lost).
-    receiver = WebhookReceiver(host, port, token=webhook_secret(settings), hold_until_handled=True)
+    token = await webhook_secret(settings)
+    receiver = WebhookReceiver(host, port, token=token, hold_until_handled=True)
     async with receiver:
         base = (follow.public_url or f"http://{host}:{receiver.port}").rstrip("/")
         settings = settings.with_changes(webhook_url=base + receiver.path)

@@ -14,7 +14,7 @@ from styldod_batch.cli.common import (
 from styldod_batch.ledger import Ledger, SQLiteLedger, is_postgres_url, open_ledger
 from styldod_batch.runtime import run_async
 from styldod_batch.settings import from_environment
-from styldod_batch.webhook_secret import webhook_secret
+from styldod_batch.webhook_secret import earlier_secret
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -46,15 +46,13 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     serve.add_argument(
         "--token",
-        help="the secret path token (default: the account's webhook secret when "
-        "STYLDOD_API_KEY names the account, else a new random one)",
+        help="the secret path token (default: the account's webhook secret, kept in the ledger)",
     )
     serve.set_defaults(func=_serve)
 
 
 def _serve(args: argparse.Namespace) -> int:
     settings = from_environment(state=str(args.state))
-    token = args.token or (webhook_secret(settings) if settings.api_key else None)
 
     async def serve() -> None:
         if is_postgres_url(str(args.state)):  # many accounts in one: the key picks one
@@ -63,6 +61,10 @@ def _serve(args: argparse.Namespace) -> int:
             ledger = await SQLiteLedger.open(
                 Path(args.state), base_url="", api_key=None, force=True
             )
+        # The account's secret, kept in the ledger (the one an older version kept in a file,
+        # when the ledger has none yet).
+        earlier = earlier_secret(settings) if settings.api_key else None
+        token = args.token or await ledger.webhook_secret(earlier)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):

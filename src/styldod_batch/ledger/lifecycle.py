@@ -3,6 +3,7 @@ statements for every dialect)."""
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -17,9 +18,42 @@ from styldod_batch.ledger.records import OrderRecord
 from styldod_batch.status import status_rank
 
 
+def new_webhook_secret() -> str:
+    """32 random bytes, URL-safe: it goes into the webhook URL's path as it is."""
+    return secrets.token_urlsafe(32)
+
+
 class LedgerLifecycle(LedgerReads):
+    read_only: bool
+
     def _queue(self, what: str, run: Callable[[Tx], Awaitable[None]]) -> None:
         raise NotImplementedError
+
+    async def webhook_secret(self, earlier: str | None = None) -> str:
+        """The account's webhook path token, kept in the ledger: drawn once (or ``earlier``,
+        one an older version kept elsewhere), then the same for every run and process, so an
+        order placed by one run reaches a later one's receiver."""
+        q = self.db.q
+        read = q("SELECT value FROM {p}meta WHERE {a}name = 'webhook_secret'")
+        await self._settled()
+
+        async def work(tx: Tx) -> str:
+            row = await tx.fetchone(read)
+            if row is None and not self.read_only:
+                await tx.execute(
+                    q(
+                        "INSERT INTO {p}meta ({ac}name, value) VALUES ({av}'webhook_secret', ?)"
+                        " ON CONFLICT DO NOTHING"
+                    ),
+                    earlier or new_webhook_secret(),
+                )
+                row = await tx.fetchone(read)  # of two processes, the first one's
+            if row is None:
+                raise LedgerError(f"{self.location}: no webhook secret is kept here yet")
+            return str(row[0])
+
+        secret: str = await self.db.run(work, what="the webhook secret")
+        return secret
 
     async def release_order(self, which: str) -> OrderRecord:
         """Give up an order whose outcome is unknown (``sent``), found by its Idempotency-Key

@@ -8,6 +8,7 @@ and orders everything again.
 from __future__ import annotations
 
 import itertools
+import secrets
 from collections.abc import Collection
 from typing import Any
 
@@ -34,6 +35,7 @@ class NullLedger(Ledger):
         self._ids = itertools.count(1)
         self._batches = itertools.count(1)  # fixed-size batches, within the run
         self._labels: set[str] = set()
+        self._secret: str | None = None
 
     async def claim(self, listing: Listing, owner: Owner, lease_s: float) -> ListingView | Held:
         return ListingView(listing, next(self._ids), self._label(listing, self._labels))
@@ -46,6 +48,12 @@ class NullLedger(Ledger):
 
     async def view(self, listing: Listing, taken: Collection[str] = ()) -> ListingView:
         return ListingView(listing, label=self._label(listing, set(taken)))
+
+    async def webhook_secret(self, earlier: str | None = None) -> str:
+        # Nothing is kept: this run's own (no later run knows its orders anyway).
+        if self._secret is None:
+            self._secret = earlier or secrets.token_urlsafe(32)
+        return self._secret
 
     async def placed_copies(self, size: int) -> dict[str, PlacedCopy]:
         return {}  # it remembers no order

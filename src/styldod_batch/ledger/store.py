@@ -68,6 +68,10 @@ class Ledger(ABC):
         ledger lacks gets the label a claim would give it, none of ``taken``."""
 
     @abstractmethod
+    async def webhook_secret(self, earlier: str | None = None) -> str:
+        """The account's webhook path token, drawn once (or ``earlier``) and kept."""
+
+    @abstractmethod
     async def placed_copies(self, size: int) -> dict[str, PlacedCopy]:
         """The contents of ``size`` bytes a live order of the account holds, by MD5."""
 

@@ -66,7 +66,31 @@ async def copy_account(source: Dialect, target: Dialect) -> TransferReport:
     report.target = await counts(target)
     report.missing = await target.run(_checker(target, rows), write=False, what="the check")
     report.unknown_outcome = sum(1 for order in rows["orders"] if order[8] == "sent")
+    await _carry_webhook_secret(source, target)
     return report
+
+
+async def _carry_webhook_secret(source: Dialect, target: Dialect) -> None:
+    """Orders placed from the source carry its webhook secret in their URL: the target takes
+    it, unless it has drawn one of its own already."""
+    read = "SELECT value FROM {p}meta WHERE {a}name = 'webhook_secret'"
+
+    async def fetch(tx: Tx) -> str | None:
+        row = await tx.fetchone(source.q(read))
+        return str(row[0]) if row else None
+
+    async def keep(tx: Tx) -> None:
+        await tx.execute(
+            target.q(
+                "INSERT INTO {p}meta ({ac}name, value) VALUES ({av}'webhook_secret', ?)"
+                " ON CONFLICT DO NOTHING"
+            ),
+            secret,
+        )
+
+    secret = await source.run(fetch, write=False, what="its webhook secret")
+    if secret is not None:
+        await target.run(keep, what="the webhook secret")
 
 
 async def move_account(db: Dialect, old_account: str, new_account: str) -> int:
@@ -82,6 +106,13 @@ async def move_account(db: Dialect, old_account: str, new_account: str) -> int:
         moved = 0
         for statement in _MOVES:
             moved += await tx.execute(statement, new_account, old_account)
+        await tx.execute(  # orders placed under the old key carry its webhook secret
+            "INSERT INTO styldod_meta (account, name, value) SELECT $1, name, value"
+            " FROM styldod_meta WHERE account = $2 AND name = 'webhook_secret'"
+            " ON CONFLICT DO NOTHING",
+            new_account,
+            old_account,
+        )
         await tx.execute("DELETE FROM styldod_meta WHERE account = $1", old_account)
         return moved
 
