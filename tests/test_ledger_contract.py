@@ -206,6 +206,7 @@ async def test_ordered_content_is_found_across_the_account_by_size_then_md5(
             "/photos/1.jpg",
         )
         assert await seen.placed_copies(11) == {}
+        assert list(await seen.placed_sizes()) == [10], "the sizes in memory, distinct"
 
 
 async def test_the_null_ledger_keeps_nothing_and_never_refuses() -> None:

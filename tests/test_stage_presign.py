@@ -1,6 +1,6 @@
 """The pre-sign stage on in-memory fakes and a virtual clock: batches of at most the
 contract's files per call, a refused batch bisected down to the refused file, the first
-network failure of a run ending it, and expired URLs refreshed for one file."""
+network failure of a run ending it, and expired URLs refreshed together."""
 
 from __future__ import annotations
 
@@ -135,3 +135,26 @@ async def test_an_expired_url_is_refreshed_for_its_one_file() -> None:
     presigner, _ready, _failures, _clock = stage(urls, 0)
     target = await presigner.refresh(item(7))
     assert (urls.calls, target.upload_url) == ([["7.jpg"]], "https://put/7.jpg")
+
+
+async def test_one_refused_file_in_fifty_costs_a_dozen_calls_not_fifty() -> None:
+    urls = URLs(refused=frozenset({"37.jpg"}))
+    presigner, ready, failures, _clock = stage(urls, 50)
+    await presigner.worker()
+    assert len(drained(ready)) == 49 and [n for n, _ in failures.seen] == ["37.jpg"]
+    assert len(urls.calls) <= 2 * 6 + 1, urls.calls  # bisected: two calls per level
+
+
+async def test_urls_that_expired_together_are_refreshed_in_one_call() -> None:
+    urls = URLs(refused=frozenset({"13.jpg"}))
+    presigner, _ready, _failures, _clock = stage(urls, 0)
+    asked = [asyncio.ensure_future(presigner.refresh(item(n))) for n in range(10, 18)]
+    done = await asyncio.gather(*asked, return_exceptions=True)
+    refused = [n for n, got in zip(range(10, 18), done, strict=True) if isinstance(got, BadRequest)]
+    assert refused == [13], "the file the API refuses fails alone"
+    assert [got.upload_url for got in done if isinstance(got, UploadTarget)] == [
+        f"https://put/{n}.jpg" for n in (10, 11, 12, 14, 15, 16, 17)
+    ]
+    assert urls.calls[0] == [f"{n}.jpg" for n in range(10, 18)], "one call for all eight"
+    assert len(urls.calls) <= 1 + 2 * 3
+    await presigner.close()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+from array import array
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from styldod_batch.orders import OrderPart
 from styldod_batch.pipeline.feed import ItemFeed
 from styldod_batch.pipeline.place import BatchNumbers
 from styldod_batch.pipeline.route import (
+    ContentBefore,
     Verdict,
     changed_result,
     decide,
@@ -248,3 +250,22 @@ async def test_an_image_new_here_whose_content_is_ordered_elsewhere_is_moved(
     known = view_with(record_of(moved))
     assert (await decide(moved, known, Settings(), content=content)).verdict is Verdict.REUSE
     assert content.asked == []
+
+
+async def test_the_ledger_is_read_only_for_a_size_something_ordered_has() -> None:
+    class Ledger(FakeContent):
+        def __init__(self) -> None:
+            super().__init__({14: {"m": PlacedCopy("U", "1.jpg", "U", "/a/U/1.jpg")}})
+            self.size_reads = 0
+
+        async def placed_sizes(self) -> array[int]:
+            self.size_reads += 1
+            return array("q", sorted(self.copies))
+
+    ledger = Ledger()
+    content = ContentBefore(ledger)
+    assert [len(await content.placed_copies(size)) for size in (3, 14, 15, 14, 99)] == [
+        0, 1, 0, 1, 0,
+    ]  # fmt: skip
+    assert ledger.size_reads == 1, "the sizes are read once"
+    assert ledger.asked == [14, 14], "copies are read for a matching size alone"

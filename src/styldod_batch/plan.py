@@ -20,7 +20,7 @@ from styldod_batch.orders import Grouper, OrderPart, effective_options
 from styldod_batch.pipeline.claims import ListingRun
 from styldod_batch.pipeline.place import BatchNumbers, order_namer
 from styldod_batch.pipeline.ports import ViewLedger
-from styldod_batch.pipeline.route import Verdict, decide, moved_result
+from styldod_batch.pipeline.route import ContentBefore, Verdict, decide, moved_result
 from styldod_batch.report import Report, peak_rss_mb
 from styldod_batch.rerun import already_ordered, earlier_order
 from styldod_batch.scan import GroupEnd, ScanEvent, Skipped
@@ -78,6 +78,7 @@ class _Planner:
         # The run's own numbering; the ledger only peeks (read-only), and claims nothing.
         self.batches = BatchNumbers(ledger, peek=True)
         self.namer = order_namer(settings)
+        self.content = ContentBefore(ledger)
         # The labels this plan gave listings the ledger lacks: a run's claims would take them.
         self.labels: set[str] = set()
         self.started = time.monotonic()
@@ -107,7 +108,7 @@ class _Planner:
     async def _image_item(self, item: ImageItem) -> None:
         state = await self._listing(item)
         try:
-            route = await decide(item, state.view, self.settings, content=self.ledger)
+            route = await decide(item, state.view, self.settings, content=self.content)
         except InputError as exc:
             self._image(ImageResult(item.path, "failed", item.client_image_id, error=exc.reason))
             return

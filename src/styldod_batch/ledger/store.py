@@ -21,6 +21,7 @@ backend keeps:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from array import array
 from collections.abc import Collection
 from typing import Any
 
@@ -70,6 +71,10 @@ class Ledger(ABC):
     @abstractmethod
     async def webhook_secret(self, earlier: str | None = None) -> str:
         """The account's webhook path token, drawn once (or ``earlier``) and kept."""
+
+    @abstractmethod
+    async def placed_sizes(self) -> array[int]:
+        """The sizes of the contents a live order of the account holds, sorted, distinct."""
 
     @abstractmethod
     async def placed_copies(self, size: int) -> dict[str, PlacedCopy]:

@@ -6,6 +6,7 @@ store), a ``Ledger`` and ``SYSTEM_CLOCK``; tests pass in-memory fakes and a virt
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Collection
 from typing import Any, Protocol
 
@@ -68,7 +69,13 @@ class ContentIndex(Protocol):
     async def placed_copies(self, size: int) -> dict[str, PlacedCopy]: ...
 
 
-class ViewLedger(BatchLedger, ContentIndex, Protocol):
+class OrderedContent(ContentIndex, Protocol):
+    """The ledger's side: also every size it holds, for a look-up in memory first."""
+
+    async def placed_sizes(self) -> array[int]: ...
+
+
+class ViewLedger(BatchLedger, OrderedContent, Protocol):
     """What a dry run reads (it claims nothing)."""
 
     async def view(self, listing: Listing, taken: Collection[str] = ()) -> ListingView: ...

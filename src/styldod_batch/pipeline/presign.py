@@ -1,11 +1,13 @@
 """Pre-signing just in time: a worker gathers up to the contract's files per call (50) from
 what intake planned, asks for their upload URLs in one call, and hands each file with its URL
-to the upload workers. A 400/422 on a batch is bisected down to the file the API refuses;
-an expired URL is refreshed for its one file (``refresh``)."""
+to the upload workers. A 400/422 on a batch is bisected down to the file the API refuses (a
+bad file in 50 costs about a dozen calls, not 50). Expired URLs are refreshed in batches too
+(``refresh``): the files whose URLs expired within a gathering window share one call."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -63,6 +65,9 @@ class Presigner:
         self._gathering = asyncio.Lock()
         # Whether the API answered anything in this run (an error status counts).
         self.answered = False
+        # Files whose URL expired, waiting for the next refresh call, and that call's task.
+        self._expired: list[tuple[ImageItem, asyncio.Future[UploadTarget]]] = []
+        self._refresher: asyncio.Task[None] | None = None
 
     async def worker(self) -> None:
         limit = self.max_files
@@ -106,9 +111,10 @@ class Presigner:
             return
         except (BadRequest, UnprocessableEntity) as exc:
             self.answered = True
-            if len(batch) > 1:
-                for one in batch:  # isolate the file the API refuses; the rest go on
-                    await self.presign([one])
+            if len(batch) > 1:  # isolate the file the API refuses; the rest go on
+                middle = len(batch) // 2
+                await self.presign(batch[:middle])
+                await self.presign(batch[middle:])
                 return
             item, part = batch[0]
             await self.failures.failed(part, item, str(exc))
@@ -124,5 +130,58 @@ class Presigner:
             await self.ready.put((item, part, target))
 
     async def refresh(self, item: ImageItem) -> UploadTarget:
-        """A new upload URL for ``item``, whose URL expired before its PUT."""
-        return (await self.urls.upload_urls([item]))[0]
+        """A new upload URL for ``item``, whose URL expired before its PUT: asked together
+        with the other files whose URLs expired meanwhile (URLs of one batch expire at once)."""
+        waiting: asyncio.Future[UploadTarget] = asyncio.get_running_loop().create_future()
+        self._expired.append((item, waiting))
+        if self._refresher is None or self._refresher.done():
+            self._refresher = asyncio.create_task(self._refresh_expired(), name="refresh URLs")
+        return await waiting
+
+    async def close(self) -> None:
+        """End a refresh call still going (the run is over: nobody waits for it)."""
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
+
+    async def _refresh_expired(self) -> None:
+        await self.clock.sleep(PRESIGN_GATHER_S)
+        while self._expired:
+            batch = self._expired[: self.max_files]
+            del self._expired[: self.max_files]
+            await self._refresh_batch(batch)
+
+    async def _refresh_batch(
+        self, batch: list[tuple[ImageItem, asyncio.Future[UploadTarget]]]
+    ) -> None:
+        try:
+            targets = await self.urls.upload_urls([item for item, _ in batch])
+        except (BadRequest, UnprocessableEntity) as exc:
+            if len(batch) == 1:
+                _settle(batch, exc)
+                return
+            middle = len(batch) // 2  # the file the API refuses fails alone
+            await self._refresh_batch(batch[:middle])
+            await self._refresh_batch(batch[middle:])
+            return
+        except asyncio.CancelledError as exc:
+            _settle(batch, exc)
+            raise
+        except Exception as exc:  # each waiting upload takes the error as its own
+            _settle(batch, exc)
+            return
+        for (_, waiting), target in zip(batch, targets, strict=True):
+            if not waiting.done():
+                waiting.set_result(target)
+
+
+def _settle(
+    batch: list[tuple[ImageItem, asyncio.Future[UploadTarget]]], exc: BaseException
+) -> None:
+    for _, waiting in batch:
+        if not waiting.done():
+            if isinstance(exc, asyncio.CancelledError):
+                waiting.cancel()
+            else:
+                waiting.set_exception(exc)

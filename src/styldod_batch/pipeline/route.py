@@ -17,15 +17,18 @@ compared (``rerun.classify``), and writes nothing. The run (``intake.py``) and t
 from __future__ import annotations
 
 import asyncio
+import bisect
+from array import array
 from dataclasses import dataclass
 
 from styldod_batch.ledger import ImageRecord, ListingView, OrderRecord, PlacedCopy
 from styldod_batch.models import ImageItem, ImageResult
-from styldod_batch.pipeline.ports import ContentIndex
+from styldod_batch.pipeline.ports import ContentIndex, OrderedContent
 from styldod_batch.rerun import Verdict, classify, file_md5
 from styldod_batch.settings import Settings
 
 __all__ = [
+    "ContentBefore",
     "Route",
     "Verdict",
     "changed_result",
@@ -34,6 +37,27 @@ __all__ = [
     "moved_result",
     "reused_result",
 ]
+
+
+class ContentBefore:
+    """The account's ordered content as the run found it: every size in memory (8 bytes
+    each, read once), so that an image whose size nothing ordered has costs no ledger read;
+    the copies of a size are read only when a file has it."""
+
+    def __init__(self, ledger: OrderedContent) -> None:
+        self._ledger = ledger
+        self._sizes: array[int] | None = None
+        self._loading = asyncio.Lock()
+
+    async def placed_copies(self, size: int) -> dict[str, PlacedCopy]:
+        if self._sizes is None:
+            async with self._loading:
+                if self._sizes is None:
+                    self._sizes = await self._ledger.placed_sizes()
+        at = bisect.bisect_left(self._sizes, size)
+        if at == len(self._sizes) or self._sizes[at] != size:
+            return {}
+        return await self._ledger.placed_copies(size)
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,7 @@ from styldod_batch.pipeline.ports import (
 )
 from styldod_batch.pipeline.presign import DONE, PRESIGN_WORKERS, Planned, Presigner, Ready
 from styldod_batch.pipeline.put import Putter
+from styldod_batch.pipeline.route import ContentBefore
 from styldod_batch.pipeline.settle import Settler
 from styldod_batch.report import Report
 from styldod_batch.settings import Settings
@@ -111,7 +112,7 @@ class PipelineRun:
             self.settler,
             self.planned,
             stopping=stopping,
-            content=ledger,
+            content=ContentBefore(ledger),
         )
         self.presigner = Presigner(
             services.urls,
@@ -166,6 +167,7 @@ class PipelineRun:
                 helper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await helper
+            await self.presigner.close()
             report.interrupted = self.stopping.is_set()
             if report.interrupted:
                 report.phase = "stopped"
