@@ -105,6 +105,7 @@ def test_waiting_and_downloading_count_orders_and_outputs() -> None:
     later = meter.read(report)
     report.phase = "downloading"
     report.step_progress = lambda: (7, 10)
+    report.bytes_downloaded = 3_500_000
     fetching = meter.read(report)
 
     assert (first.done, first.total, first.unit) == (0, 4, "orders")
@@ -115,6 +116,8 @@ def test_waiting_and_downloading_count_orders_and_outputs() -> None:
     line.show(fetching)
     line.stop()
     assert "7/10 outputs 70%" in _lines(console)[-1]
+    assert "3.5 MB" in _lines(console)[-1], "the bytes fetched so far"
+    assert "downloading: 7/10 outputs; 3.5 MB" in fetching.describe()
 
 
 def test_the_summary_gives_each_steps_time() -> None:
@@ -134,11 +137,16 @@ async def test_follow_and_download_time_their_steps_and_count_live(
 
     async with Uploader(settings) as up:
         report = await up.run([tmp_path / "photos"])
+        upload_s = report.elapsed_s
         assert report.step_progress is None
         assert await up.follow(report, timeout_s=60)
         await up.download(report, tmp_path / "edited")
         if report.step_progress is not None:
             seen.append(report.step_progress())
+        assert up.current_report is not None
+        # The live report still counts requests, but the upload's time ended with it.
+        assert up.current_report.elapsed_s == upload_s
+        assert report.phase == "done"
 
     assert report.step_s["wait"] > 0 and report.step_s["download"] > 0
     assert report.step_progress is None, "no live count once the step ended"

@@ -46,6 +46,7 @@ async def follow_report(
     finally:
         report.step_progress = None
         report.step_s["wait"] = report.step_s.get("wait", 0.0) + time.monotonic() - started
+        report.phase = "done"
     apply_outcomes(report, follower, finished=finished)
     return finished
 
@@ -125,6 +126,7 @@ async def download_report(
     finally:
         report.step_progress = None
         report.step_s["download"] = report.step_s.get("download", 0.0) + time.monotonic() - started
+        report.phase = "done"
 
 
 async def download_orders(

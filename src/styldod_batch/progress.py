@@ -47,15 +47,18 @@ class Snapshot:
     paced_by: float | None
     # What ``done`` and ``total`` count: files, then orders finished, then outputs fetched.
     unit: str = "files"
+    # Megabytes of outputs fetched so far (while outputs download).
+    mb_done: float = 0.0
 
     def describe(self) -> str:
         """One line of text (the log's progress line)."""
         total = f"/{self.total}" if self.total is not None else " (scan going on)"
         eta = f", ETA {format_duration(self.eta_s)}" if self.eta_s is not None else ""
-        parts = [
-            f"{self.phase}: {self.done}{total} {self.unit}",
-            f"{self.files_per_s:.1f} files/s, {self.mb_per_s:.1f} MB/s{eta}",
-        ]
+        parts = [f"{self.phase}: {self.done}{total} {self.unit}"]
+        if self.unit == "files":
+            parts.append(f"{self.files_per_s:.1f} files/s, {self.mb_per_s:.1f} MB/s{eta}")
+        elif self.unit == "outputs":
+            parts.append(f"{self.mb_done:.1f} MB, {self.mb_per_s:.1f} MB/s")
         if self.already_done:
             parts.append(f"{self.already_done} done by an earlier run")
         if self.paced_by is not None:
@@ -69,12 +72,14 @@ class Meter:
     def __init__(self, budget: Budget | None = None) -> None:
         self.budget = budget
         self.started = time.monotonic()
-        self._samples: deque[tuple[float, int, int, int]] = deque()
+        self._samples: deque[tuple[float, int, int, int, int]] = deque()
 
     def read(self, report: Report) -> Snapshot:
         now = time.monotonic()
         granted = self.budget.granted if self.budget is not None else 0
-        self._samples.append((now, report.uploaded, report.bytes_uploaded, granted))
+        self._samples.append(
+            (now, report.uploaded, report.bytes_uploaded, granted, report.bytes_downloaded)
+        )
         while len(self._samples) > 2 and now - self._samples[0][0] > RATE_WINDOW_S:
             self._samples.popleft()
         first = self._samples[0]
@@ -100,6 +105,7 @@ class Meter:
         if step is not None:  # orders awaited, or outputs downloaded: count those
             done, step_total = step()
             unit = "orders" if report.phase == "waiting for orders" else "outputs"
+            fetched = (report.bytes_downloaded - first[4]) / span / 1e6
             return Snapshot(
                 phase=report.phase,
                 done=done,
@@ -107,11 +113,12 @@ class Meter:
                 uploaded=report.uploaded,
                 already_done=report.already_done,
                 files_per_s=0.0,
-                mb_per_s=0.0,
+                mb_per_s=fetched if unit == "outputs" else 0.0,
                 eta_s=None,
                 elapsed_s=now - self.started,
                 paced_by=None,
                 unit=unit,
+                mb_done=report.bytes_downloaded / 1e6,
             )
         return Snapshot(
             phase=report.phase,
@@ -247,8 +254,10 @@ class _TerminalLine:
         else:
             count = f"{snapshot.done} {unit}"
         rest = []
-        if unit == "files":
+        if unit == "files" and snapshot.phase != "done":
             rest.append(f"{snapshot.files_per_s:.1f} files/s {snapshot.mb_per_s:.1f} MB/s")
+        elif unit == "outputs":
+            rest.append(f"{snapshot.mb_done:.1f} MB {snapshot.mb_per_s:.1f} MB/s")
         if snapshot.eta_s is not None:
             rest.append(f"ETA {format_duration(snapshot.eta_s)}")
         if snapshot.already_done:

@@ -38,6 +38,7 @@ class Events:
         self._sink = sink
         self._clock = clock
         self._started = clock.now()
+        self._ended = False
 
     async def image(self, result: ImageResult) -> None:
         self.report.add_image(result)
@@ -117,6 +118,13 @@ class Events:
             now[name] - self._counted_from[name]
             for name in ("api", "storage", "retries", "rate_limited")
         )
-        self.report.elapsed_s = self._clock.now() - self._started
+        if not self._ended:  # the upload's time; following and downloading time their own
+            self.report.elapsed_s = self._clock.now() - self._started
         self.report.peak_rss_mb = peak_rss_mb()
         return self.report
+
+    def end(self) -> Report:
+        """The run is over: its time stops here (the report keeps counting requests)."""
+        report = self.snapshot()
+        self._ended = True
+        return report

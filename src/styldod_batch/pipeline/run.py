@@ -174,7 +174,7 @@ class PipelineRun:
             with contextlib.suppress(StyldodError):
                 await self.claims.release_all()
                 await self.ledger.flush()
-        return self.events.snapshot()
+        return self.events.end()
 
     async def _stages(self, feed: Feed) -> None:
         try:
