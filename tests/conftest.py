@@ -58,7 +58,7 @@ LONGEST_FIRST = (
     "test_manifest.py::test_an_interleaved_250k_row_manifest_plans_in_bounded_memory",
     "test_runner.py::test_more_files_larger_than_the_bound_than_uploads_at_once_within_100_mb_of_memory",
     "test_resume.py::test_sigkill_at_random_moments_then_rerun_creates_each_order_once",
-    "test_ledger.py::test_four_overlapping_processes_twenty_times_each_image_in_one_order",
+    "test_ledger.py::test_four_overlapping_processes_six_times_each_image_in_one_order",
     "test_shared_ledger.py::test_four_overlapping_workers_on_postgres_order_each_image_once",
     "test_run_faults.py::test_refused_urls_odd_retry_afters_and_a_redirect_cost_only_their_files",
     "test_library.py::test_a_stream_nobody_reads_holds_the_run_back",

@@ -274,13 +274,15 @@ async def test_two_processes_on_one_job_order_each_listing_once(
 
 
 @pytest.mark.slow
-async def test_four_overlapping_processes_twenty_times_each_image_in_one_order(
+async def test_four_overlapping_processes_six_times_each_image_in_one_order(
     sandbox_factory: SandboxFactory, tmp_path: Path
 ) -> None:
     photos = tmp_path / "photos"
     make_tree(photos, folders=8, files=6, size=300)
     listings = sorted({f.parent for f in files_of(photos)})
-    for trial in range(20):
+    # Six rounds of the race; the claims' atomicity itself is in the contract suite, on both
+    # backends, in one process.
+    for trial in range(6):
         box = await sandbox_factory(rps=1000)
         outcomes = await overlapping_runs(box, photos, listings, tmp_path / f"state-{trial}")
         for code, err in outcomes:

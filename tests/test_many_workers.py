@@ -81,9 +81,9 @@ async def test_four_workers_hold_the_keys_limit_together_and_order_each_image_on
     tmp_path: Path,
 ) -> None:
     photos = tmp_path / "photos"
-    # 240 files in 20 listings: over twelve seconds at the key's limit, every one-second window
-    # of them held to 20 as well as 1,000 files' fifty seconds would.
-    make_tree(photos, folders=20, files=12, size=2000)
+    # 160 files in 20 listings, about 200 requests: over eight seconds at the key's limit, every
+    # one-second window of them held to 20 as well as 1,000 files' fifty seconds would.
+    make_tree(photos, folders=20, files=8, size=2000)
     listings = await asyncio.to_thread(lambda: sorted(p for p in photos.iterdir()))
     box = await sandbox_factory(rps=20, limit_storage_per_key=True)
     state = await postgres_server.create_database("four_workers")
