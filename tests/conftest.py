@@ -38,7 +38,6 @@ SERIAL_MODULES = frozenset(
         "test_budget_redis.py",
         "test_pace.py",
         "test_download_pace.py",
-        "test_servers.py",
     }
 )
 SERIAL_TESTS = frozenset(

@@ -546,8 +546,8 @@ def report(label: str, arrivals: list[float], began: float, end_at: float) -> No
 
 
 async def check_many_processes_share_the_rate(kind: str, where: str) -> None:
-    """Four processes, three callers each, as fast as the budget lets them for 4 s."""
-    duration = 4.0
+    """Four processes, three callers each, as fast as the budget lets them for 3 s."""
+    duration = 3.0
     async with recording_server(Recorder()) as server, workers() as group:
         await group.start([spec_for(kind, where, server.url) for _ in range(4)])
         began, end_at = group.go(duration)

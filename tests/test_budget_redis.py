@@ -82,7 +82,7 @@ async def test_redis_restarted_mid_run_keeps_the_promise_and_grants_resume(
     await warm_up(redis_server.url)
     async with recording_server(Recorder()) as server, workers() as group:
         await group.start([spec_for("redis", redis_server.url, server.url) for _ in range(3)])
-        began, end_at = group.go(5.0)
+        began, end_at = group.go(4.0)
         await wait_until(lambda: len(server.arrivals) >= 20)
         stopped_at = time.monotonic()
         await redis_server.stop(kill=True)
@@ -117,7 +117,7 @@ async def test_redis_restarted_under_clients_that_retry_silently(
             spec_for("redis", redis_server.url, server.url, client_retry="silent") for _ in range(3)
         ]
         await group.start(specs)
-        began, end_at = group.go(5.0)
+        began, end_at = group.go(4.0)
         await wait_until(lambda: len(server.arrivals) >= 20)
         stopped_at = time.monotonic()
         await redis_server.stop(kill=True)

@@ -150,7 +150,7 @@ async def test_one_machine_no_server_two_processes_share_ledger_and_budget(
     sandbox_factory: SandboxFactory, tmp_path: Path
 ) -> None:
     photos = tmp_path / "photos"
-    make_tree(photos, folders=6, files=20, size=1000)
+    make_tree(photos, folders=6, files=12, size=1000)
     box = await sandbox_factory(rps=20, limit_storage_per_key=True)
     state = str(tmp_path / "state")  # one SQLite ledger folder; its budget file beside it
 

@@ -59,7 +59,12 @@ def test_after_a_stop_the_summary_counts_what_was_not_reached() -> None:
     assert "Images: 600 total, 159 uploaded" in text
     assert "441 not reached" in text
     assert report.to_dict()["images"]["not_reached"] == 441
-    assert "peak memory 40.0 MB" in text
+    assert "Peak memory: 40.0 MB" in text
+    # Every line fits an 80-column terminal, with large counts too.
+    report.requests.api, report.requests.storage = 12_345, 54_321
+    report.requests.retries, report.requests.rate_limited = 10_000, 10_000
+    wide = [line for line in report.summary().splitlines() if cell_len(line) > 80]
+    assert wide == []
 
 
 # -- progress ------------------------------------------------------------------------------------

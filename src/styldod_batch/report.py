@@ -14,6 +14,9 @@ from rich.cells import cell_len
 
 from styldod_batch.models import ImageResult, OrderResult, RequestCounters
 
+# The summary's own lines fit a terminal this wide (paths in its lists may not).
+SUMMARY_WIDTH = 80
+
 
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MiB.
@@ -216,11 +219,14 @@ class Report:
         count = self.planned if self.dry_run else self.uploaded
         total = self.whole
         reached = f", {self.not_reached} not reached" if self.not_reached else ""
-        lines.append(
+        images = (
             f"Images: {total} total, {count} {verb}, {self.skipped} skipped, "
-            f"{self.failed} failed{reached} "
-            f"({self.bytes_uploaded / 1e6:.1f} MB in {self.elapsed_s:.1f} s)"
+            f"{self.failed} failed{reached}"
         )
+        size = f"({self.bytes_uploaded / 1e6:.1f} MB in {self.elapsed_s:.1f} s)"
+        # One line where it fits 80 columns; else the size goes under the counts.
+        fits = cell_len(images) + 1 + len(size) <= SUMMARY_WIDTH
+        lines.extend([f"{images} {size}"] if fits else [images, f"  {size}"])
         if self.already_done:
             earlier = sum(o.resumed for o in self.orders)
             lines.append(
@@ -270,10 +276,12 @@ class Report:
                 steps.append(f"download {self.step_s['download']:.1f} s")
             lines.append("Time: " + ", ".join(steps))
         r = self.requests
+        # Two lines, each within SUMMARY_WIDTH with five-digit counts.
         lines.append(
             f"Requests: {r.api} API, {r.storage} storage, {r.retries} retried, "
-            f"{r.rate_limited} rate-limited (429); peak memory {self.peak_rss_mb} MB"
+            f"{r.rate_limited} rate-limited (429)"
         )
+        lines.append(f"Peak memory: {self.peak_rss_mb} MB")
         if self.interrupted:
             lines.append("Interrupted: re-run the same command to finish the job.")
         return "\n".join(lines)
