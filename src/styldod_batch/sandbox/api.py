@@ -233,7 +233,7 @@ class OrderAPI:
                 429,
                 "rate_limited",
                 "Injected rate limit.",
-                headers={"Retry-After": random.choice(faults.retry_after_values)},
+                headers={"Retry-After": faults.next_retry_after()},
             )
         roll -= faults.api_429
         if roll < faults.api_5xx:

@@ -26,16 +26,22 @@ class Faults:
     # An order is created, then its answer (a replay's too) is replaced by a 503: the client
     # cannot tell whether the order exists.
     order_answer_lost: float = 0.0
-    # This share of upload URLs is refused by storage with 403 on every try (a bad URL): each
-    # URL is chosen once, by its object key.
+    # This share of files is refused by storage with 403 on every try (a bad URL): chosen by
+    # the file's name, so the same files in every run and on a fresh URL.
     storage_403: float = 0.0
     # The next N PUTs are answered 307, to the same object on the gateway's second address
     # (as S3 answers a new bucket's first requests); the PUT there goes through.
     storage_redirects: int = 0
-    # The Retry-After values injected 429s carry, one picked at random each time (garbage
-    # and huge ones included, to see a client cope).
+    # The Retry-After values injected 429s carry (garbage and huge ones included, to see a
+    # client cope), taken in turn: the first 429 carries the first, so a test knows it was sent.
     retry_after_values: tuple[str, ...] = ("1",)
+    retry_afters_sent: int = 0
     latency_ms: float = 0.0
+
+    def next_retry_after(self) -> str:
+        value = self.retry_after_values[self.retry_afters_sent % len(self.retry_after_values)]
+        self.retry_afters_sent += 1
+        return value
 
     def validate(self) -> None:
         for name in (

@@ -200,7 +200,7 @@ class StorageGateway:
                 "SlowDown",
                 "Please reduce your request rate.",
                 resource,
-                headers={"Retry-After": random.choice(faults.retry_after_values)},
+                headers={"Retry-After": faults.next_retry_after()},
             )
         roll -= faults.storage_429
         if roll < faults.storage_5xx:
@@ -230,7 +230,9 @@ class StorageGateway:
         rate window."""
         faults = self.faults
         parts = request.path.split("/", 2)
-        if faults.storage_403 and _chosen(parts[2], faults.storage_403):
+        # uploads/<batch>/<index>/<the file's name>
+        file_name = parts[2].split("/", 3)[-1]
+        if faults.storage_403 and _chosen(file_name, faults.storage_403):
             entry.fault = entry.error_code = "AccessDenied"
             await _drain(request)
             return s3_error(403, "AccessDenied", "Access Denied", request.path)
