@@ -20,7 +20,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -447,7 +447,16 @@ class Workers:
     def __init__(self) -> None:
         self.processes: list[asyncio.subprocess.Process] = []
 
-    async def start(self, specs: list[dict[str, Any]]) -> None:
+    async def start(
+        self, specs: list[dict[str, Any]], warm_up: Awaitable[object] | None = None
+    ) -> None:
+        """Start the processes and wait until each is ready; ``warm_up`` runs meanwhile."""
+        if warm_up is not None:
+            await asyncio.gather(self._start(specs), warm_up)
+        else:
+            await self._start(specs)
+
+    async def _start(self, specs: list[dict[str, Any]]) -> None:
         for spec in specs:
             command = [
                 sys.executable,
@@ -545,11 +554,13 @@ def report(label: str, arrivals: list[float], began: float, end_at: float) -> No
     )
 
 
-async def check_many_processes_share_the_rate(kind: str, where: str) -> None:
+async def check_many_processes_share_the_rate(
+    kind: str, where: str, warm_up: Awaitable[object] | None = None
+) -> None:
     """Four processes, three callers each, as fast as the budget lets them for 3 s."""
     duration = 3.0
     async with recording_server(Recorder()) as server, workers() as group:
-        await group.start([spec_for(kind, where, server.url) for _ in range(4)])
+        await group.start([spec_for(kind, where, server.url) for _ in range(4)], warm_up)
         began, end_at = group.go(duration)
         results = await group.results()
     report(f"{kind}, 4 processes", server.arrivals, began, end_at)
@@ -564,10 +575,12 @@ async def check_many_processes_share_the_rate(kind: str, where: str) -> None:
     assert min(shares) >= len(grants) / 4 / 2, shares
 
 
-async def check_a_429_in_one_process_pauses_all(kind: str, where: str) -> None:
+async def check_a_429_in_one_process_pauses_all(
+    kind: str, where: str, warm_up: Awaitable[object] | None = None
+) -> None:
     recorder = Recorder(fail_at={30}, retry_after_s=1.0)
     async with recording_server(recorder) as server, workers() as group:
-        await group.start([spec_for(kind, where, server.url) for _ in range(3)])
+        await group.start([spec_for(kind, where, server.url) for _ in range(3)], warm_up)
         began, end_at = group.go(3.5)
         results = await group.results()
     report(f"{kind}, a 429", server.arrivals, began, end_at)
@@ -588,12 +601,14 @@ async def check_a_429_in_one_process_pauses_all(kind: str, where: str) -> None:
     assert_coordinator_kept_the_promise(results)
 
 
-async def check_low_priority_yields_across_processes(kind: str, where: str) -> None:
+async def check_low_priority_yields_across_processes(
+    kind: str, where: str, warm_up: Awaitable[object] | None = None
+) -> None:
     async with recording_server(Recorder()) as server, workers() as group:
         specs = [spec_for(kind, where, server.url, low=True, tasks=1)]
         # The busy ones stop a second before the poller.
         specs += [spec_for(kind, where, server.url, stop_early_s=1.0) for _ in range(2)]
-        await group.start(specs)
+        await group.start(specs, warm_up)
         group.go(3.5)
         poller, *busy = await group.results()
     busy_grants = sorted(t for r in busy for t in r.grants)

@@ -50,27 +50,27 @@ def budget_for(url: str, *, api_key: str = API_KEY, rate: float = RATE) -> Redis
 
 async def warm_up(url: str) -> None:
     """On a Redis started less than a window ago, a key's first grant waits one window (what
-    was granted just before is unknown); take it here so the workers' measured seconds are
-    all steady state."""
+    was granted just before is unknown); take it here, while the workers start, so their
+    measured seconds are all steady state."""
     async with budget_for(url) as budget:
         await budget.acquire()
 
 
 async def test_processes_share_a_redis_budget(redis_server: RedisServer) -> None:
-    await warm_up(redis_server.url)
-    await check_many_processes_share_the_rate("redis", redis_server.url)
+    url = redis_server.url
+    await check_many_processes_share_the_rate("redis", url, warm_up(url))
 
 
 async def test_a_429_pauses_every_process_of_a_redis_budget(redis_server: RedisServer) -> None:
-    await warm_up(redis_server.url)
-    await check_a_429_in_one_process_pauses_all("redis", redis_server.url)
+    url = redis_server.url
+    await check_a_429_in_one_process_pauses_all("redis", url, warm_up(url))
 
 
 async def test_low_priority_yields_across_processes_of_a_redis_budget(
     redis_server: RedisServer,
 ) -> None:
-    await warm_up(redis_server.url)
-    await check_low_priority_yields_across_processes("redis", redis_server.url)
+    url = redis_server.url
+    await check_low_priority_yields_across_processes("redis", url, warm_up(url))
 
 
 async def test_redis_restarted_mid_run_keeps_the_promise_and_grants_resume(
@@ -79,9 +79,9 @@ async def test_redis_restarted_mid_run_keeps_the_promise_and_grants_resume(
     """Redis crashes (SIGKILL) and comes back empty while three processes are busy: nothing
     is granted while it is down, the first grant after it waits one window (what was
     granted just before is lost), no window holds more than the rate, and grants resume."""
-    await warm_up(redis_server.url)
     async with recording_server(Recorder()) as server, workers() as group:
-        await group.start([spec_for("redis", redis_server.url, server.url) for _ in range(3)])
+        specs = [spec_for("redis", redis_server.url, server.url) for _ in range(3)]
+        await group.start(specs, warm_up(redis_server.url))
         began, end_at = group.go(4.0)
         await wait_until(lambda: len(server.arrivals) >= 20)
         stopped_at = time.monotonic()
@@ -110,13 +110,12 @@ async def test_redis_restarted_under_clients_that_retry_silently(
     seconds (the budget never sees an error): the rule that a restarted Redis waits one
     window lives in the script, so a strict server still sees at most the rate in any second
     and refuses nothing, and the grants resume."""
-    await warm_up(redis_server.url)
     recorder = Recorder(limit=RATE)
     async with recording_server(recorder) as server, workers() as group:
         specs = [
             spec_for("redis", redis_server.url, server.url, client_retry="silent") for _ in range(3)
         ]
-        await group.start(specs)
+        await group.start(specs, warm_up(redis_server.url))
         began, end_at = group.go(4.0)
         await wait_until(lambda: len(server.arrivals) >= 20)
         stopped_at = time.monotonic()
