@@ -15,6 +15,7 @@ from styldod_batch.ledger.dialect import Dialect, Tx
 from styldod_batch.ledger.faults import storable_row
 from styldod_batch.ledger.reads import ORDER_COLUMNS, ORDER_FROM, LedgerReads, order_record
 from styldod_batch.ledger.records import OrderRecord
+from styldod_batch.ledger.schema import WEBHOOK_META_KEEP, WEBHOOK_META_READ
 from styldod_batch.status import status_rank
 
 
@@ -33,20 +34,14 @@ class LedgerLifecycle(LedgerReads):
         """The account's webhook path token, kept in the ledger: drawn once (or ``earlier``,
         one an older version kept elsewhere), then the same for every run and process, so an
         order placed by one run reaches a later one's receiver."""
-        q = self.db.q
-        read = q("SELECT value FROM {p}meta WHERE {a}name = 'webhook_secret'")
+        read = self.db.q(WEBHOOK_META_READ)
         await self._settled()
 
         async def work(tx: Tx) -> str:
             row = await tx.fetchone(read)
             if row is None and not self.read_only:
-                await tx.execute(
-                    q(
-                        "INSERT INTO {p}meta ({ac}name, value) VALUES ({av}'webhook_secret', ?)"
-                        " ON CONFLICT DO NOTHING"
-                    ),
-                    earlier or new_webhook_secret(),
-                )
+                keep = self.db.q(WEBHOOK_META_KEEP)
+                await tx.execute(keep, earlier or new_webhook_secret())
                 row = await tx.fetchone(read)  # of two processes, the first one's
             if row is None:
                 raise LedgerError(f"{self.location}: no webhook secret is kept here yet")

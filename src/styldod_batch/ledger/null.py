@@ -8,12 +8,12 @@ and orders everything again.
 from __future__ import annotations
 
 import itertools
-import secrets
 from array import array
 from collections.abc import Collection
 from typing import Any
 
 from styldod_batch.ledger.labels import candidate_labels
+from styldod_batch.ledger.lifecycle import new_webhook_secret
 from styldod_batch.ledger.owner import Owner
 from styldod_batch.ledger.records import (
     Held,
@@ -53,7 +53,7 @@ class NullLedger(Ledger):
     async def webhook_secret(self, earlier: str | None = None) -> str:
         # Nothing is kept: this run's own (no later run knows its orders anyway).
         if self._secret is None:
-            self._secret = earlier or secrets.token_urlsafe(32)
+            self._secret = earlier or new_webhook_secret()
         return self._secret
 
     async def placed_sizes(self) -> array[int]:

@@ -9,6 +9,7 @@ from typing import Any
 from styldod_batch.ledger.dialect import Dialect, Tx
 from styldod_batch.ledger.labels import free_label
 from styldod_batch.ledger.records import (
+    LIVE_ORDER_STATES,
     ImageRecord,
     Listing,
     ListingView,
@@ -16,6 +17,16 @@ from styldod_batch.ledger.records import (
     PlacedCopy,
 )
 from styldod_batch.ledger.store import Ledger
+
+# The account's images that a live order holds (``placed_sizes``, ``placed_copies``): the
+# FROM and the start of the WHERE, which the caller ends with its condition on ``i.size``.
+_LIVE_CONTENT = (
+    "FROM {p}images i JOIN {p}listings l ON l.id = i.listing_id"
+    " JOIN {p}order_items oi ON oi.listing_id = i.listing_id"
+    " AND oi.client_image_id = i.client_image_id AND oi.live = {true}"
+    " JOIN {p}orders o ON o.id = oi.order_ref"
+    f" WHERE {{al}}o.state IN ({', '.join(repr(s) for s in sorted(LIVE_ORDER_STATES))}) AND"
+)
 
 ORDER_COLUMNS = (
     "o.id, o.listing_id, o.batch, o.part, o.name, o.body, o.idempotency_key, o.state,"
@@ -54,14 +65,7 @@ class LedgerReads(Ledger):
         """The sizes of the contents live orders of the account hold, sorted, distinct: 8
         bytes each, read in pages so that a long history never loads at once."""
         q = self.db.q
-        page = q(
-            "SELECT DISTINCT i.size FROM {p}images i JOIN {p}listings l ON l.id = i.listing_id"
-            " JOIN {p}order_items oi ON oi.listing_id = i.listing_id"
-            " AND oi.client_image_id = i.client_image_id AND oi.live = {true}"
-            " JOIN {p}orders o ON o.id = oi.order_ref"
-            " WHERE {al}i.size > ? AND o.state IN ('sent', 'created', 'conflict')"
-            " ORDER BY i.size LIMIT 10000"
-        )
+        page = q(f"SELECT DISTINCT i.size {_LIVE_CONTENT} i.size > ? ORDER BY i.size LIMIT 10000")
         sizes: array[int] = array("q")
         while True:
             last = sizes[-1] if sizes else -1
@@ -83,12 +87,7 @@ class LedgerReads(Ledger):
             rows = await tx.fetchall(
                 q(
                     "SELECT oi.md5, l.label, oi.client_image_id, o.name, oi.path"
-                    " FROM {p}images i JOIN {p}listings l ON l.id = i.listing_id"
-                    " JOIN {p}order_items oi ON oi.listing_id = i.listing_id"
-                    " AND oi.client_image_id = i.client_image_id AND oi.live = {true}"
-                    " JOIN {p}orders o ON o.id = oi.order_ref"
-                    " WHERE {al}i.size = ? AND o.state IN ('sent', 'created', 'conflict')"
-                    " ORDER BY o.id DESC"
+                    f" {_LIVE_CONTENT} i.size = ? ORDER BY o.id DESC"
                 ),
                 size,
             )

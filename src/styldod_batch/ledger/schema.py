@@ -93,6 +93,13 @@ CREATE TABLE IF NOT EXISTS events (
 """
 SQLITE_SCHEMA = [s.strip() for s in _SQLITE.split(";\n") if s.strip()]
 
+# The account's webhook secret, one row of its meta: drawn into it once (lifecycle.py) and
+# carried with the account to another ledger (transfer.py). A row already there stays.
+WEBHOOK_META_READ = "SELECT value FROM {p}meta WHERE {a}name = 'webhook_secret'"
+WEBHOOK_META_KEEP = (
+    "INSERT INTO {p}meta ({ac}name, value) VALUES ({av}'webhook_secret', ?) ON CONFLICT DO NOTHING"
+)
+
 # Made with the tables, and for tables made before it by a role that owns them (postgres.py).
 IMAGES_BY_SIZE_POSTGRES = (
     "CREATE INDEX IF NOT EXISTS styldod_images_by_size ON styldod_images (size)"

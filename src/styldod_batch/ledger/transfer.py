@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from styldod_batch.ledger.dialect import Dialect, Tx
+from styldod_batch.ledger.schema import WEBHOOK_META_KEEP, WEBHOOK_META_READ
 
 # What each table is counted by, on either side (account-scoped through {a}/{al}/{ao}).
 _COUNTS = {
@@ -73,20 +74,13 @@ async def copy_account(source: Dialect, target: Dialect) -> TransferReport:
 async def _carry_webhook_secret(source: Dialect, target: Dialect) -> None:
     """Orders placed from the source carry its webhook secret in their URL: the target takes
     it, unless it has drawn one of its own already."""
-    read = "SELECT value FROM {p}meta WHERE {a}name = 'webhook_secret'"
 
     async def fetch(tx: Tx) -> str | None:
-        row = await tx.fetchone(source.q(read))
+        row = await tx.fetchone(source.q(WEBHOOK_META_READ))
         return str(row[0]) if row else None
 
     async def keep(tx: Tx) -> None:
-        await tx.execute(
-            target.q(
-                "INSERT INTO {p}meta ({ac}name, value) VALUES ({av}'webhook_secret', ?)"
-                " ON CONFLICT DO NOTHING"
-            ),
-            secret,
-        )
+        await tx.execute(target.q(WEBHOOK_META_KEEP), secret)
 
     secret = await source.run(fetch, write=False, what="its webhook secret")
     if secret is not None:
