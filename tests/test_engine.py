@@ -105,8 +105,11 @@ async def test_429_pauses_and_the_job_still_completes(
     sandbox_factory: SandboxFactory, tmp_path: Path
 ) -> None:
     make_tree(tmp_path, folders=2, files=10, size=4096)
-    # At 0.5, one call in 256 met eight 429s in a row and the run gave up on its files.
-    sandbox = await sandbox_factory(rps=1000, faults=Faults(api_429=0.3, storage_429=0.2))
+    # The first two API calls get a 429 for certain, and then a share: at a share of 0.5 alone
+    # one call in 256 met eight 429s in a row (the run gave up on its files), and at 0.3
+    # alone a third of the runs met none.
+    faults = Faults(api_429_next=2, api_429=0.2, storage_429=0.2)
+    sandbox = await sandbox_factory(rps=1000, faults=faults)
     async with Uploader(settings_for(sandbox.base_url, sandbox.api_key, rps=200.0)) as up:
         report = await up.run([tmp_path])
     assert (report.uploaded, len(report.orders)) == (20, 2)

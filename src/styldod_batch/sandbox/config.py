@@ -32,6 +32,9 @@ class Faults:
     # The next N PUTs are answered 307, to the same object on the gateway's second address
     # (as S3 answers a new bucket's first requests); the PUT there goes through.
     storage_redirects: int = 0
+    # The next N API calls are answered 429 (after the key's own window, before ``api_429``'s
+    # roll): a test that needs a 429 gets one.
+    api_429_next: int = 0
     # The Retry-After values injected 429s carry (garbage and huge ones included, to see a
     # client cope), taken in turn: the first 429 carries the first, so a test knows it was sent.
     retry_after_values: tuple[str, ...] = ("1",)
@@ -57,8 +60,9 @@ class Faults:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ConfigurationError(f"fault probability {name}={value} is not in [0, 1]")
-        if self.storage_redirects < 0:
-            raise ConfigurationError(f"storage_redirects={self.storage_redirects} is negative")
+        for name in ("storage_redirects", "api_429_next"):
+            if getattr(self, name) < 0:
+                raise ConfigurationError(f"{name}={getattr(self, name)} is negative")
         if not self.retry_after_values:
             raise ConfigurationError("retry_after_values needs at least one value")
         if self.latency_ms < 0:
