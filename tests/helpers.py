@@ -64,11 +64,19 @@ def stored_puts(sandbox: Sandbox) -> collections.Counter[str]:
     )
 
 
-def run_cli(
+def run_cli(*args: str, env: dict[str, str] | None = None) -> Ran:
+    """The runner in this process (``tests.runner_inprocess``): no interpreter start. A test
+    about processes (a kill, a signal, memory, a closed pipe, a terminal, several runs at
+    once, the working folder) takes ``run_cli_process``."""
+    from tests.runner_inprocess import run_main_sync
+
+    return run_main_sync(*args, env=env)
+
+
+def run_cli_process(
     *args: str, env: dict[str, str] | None = None, timeout: float = 600, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """The runner in a process of its own; by default in a fresh folder (its journal goes
-    to the working folder)."""
+    """The runner in a process of its own; by default in a fresh working folder."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("STYLDOD_")}
     full_env.update(env or {})
     with tempfile.TemporaryDirectory(prefix="styldod-cwd-") as scratch:

@@ -8,6 +8,7 @@ import contextlib
 import io
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from typing import Any
 from unittest import mock
@@ -39,7 +40,20 @@ class Completed:
         return body
 
 
+# The runner patches this process's environment and logging while it runs: one at a time.
+_ONE_AT_A_TIME = threading.Lock()
+
+
 def _main(argv: list[str], env: dict[str, str]) -> Completed:
+    if not _ONE_AT_A_TIME.acquire(blocking=False):
+        raise RuntimeError("two in-process runners at once: run them as processes")
+    try:
+        return _main_alone(argv, env)
+    finally:
+        _ONE_AT_A_TIME.release()
+
+
+def _main_alone(argv: list[str], env: dict[str, str]) -> Completed:
     out, err = io.StringIO(), io.StringIO()
     clean = {k: v for k, v in os.environ.items() if not k.startswith("STYLDOD_")}
     logger = logging.getLogger("styldod_batch")

@@ -7,7 +7,7 @@ import asyncio
 from pathlib import Path
 
 from styldod_batch.sandbox.pytest_plugin import SandboxFactory
-from tests.helpers import json_report, make_tree, run_cli
+from tests.helpers import json_report, make_tree, run_cli_process
 
 RPS = 2
 # The client spaces its requests; their arrivals may bunch by scheduling jitter (a few ms).
@@ -21,7 +21,7 @@ async def test_download_rps_caps_the_outputs_fetched_per_second(
     box = await sandbox_factory(rps=1000, order_step_s=0.05)
     env = {"STYLDOD_API_KEY": box.api_key, "STYLDOD_BASE_URL": box.base_url}
     placed = await asyncio.to_thread(
-        run_cli, "upload", str(tmp_path / "photos"), "--json", "--no-progress", env=env
+        run_cli_process, "upload", str(tmp_path / "photos"), "--json", "--no-progress", env=env
     )
     assert placed.returncode == 0, placed.stderr
     assert len(json_report(placed)["orders"]) == 3
@@ -36,7 +36,7 @@ async def test_download_rps_caps_the_outputs_fetched_per_second(
     assert not [e for e in box.log.entries if e.kind == "output"], "nothing fetched yet"
 
     fetched = await asyncio.to_thread(
-        run_cli,
+        run_cli_process,
         "download",
         str(tmp_path / "edited"),
         "--download-rps",

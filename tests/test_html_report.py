@@ -118,7 +118,7 @@ async def test_upload_with_html_writes_the_page_of_its_listings(
 
 def test_the_demo_ends_with_its_review_page(tmp_path: Path) -> None:
     page = tmp_path / "demo" / "review.html"
-    done = run_cli("demo", "--listings", "2", "--photos", "2", "--html", str(page), timeout=300)
+    done = run_cli("demo", "--listings", "2", "--photos", "2", "--html", str(page))
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.rstrip().splitlines()[-2] == f"The morning review of these orders: {page}"
     html = page.read_text()

@@ -24,12 +24,14 @@ from styldod_batch.sandbox.pytest_plugin import SandboxFactory
 from styldod_batch.settings import RetryPolicy
 from tests.helpers import (
     REPO,
+    Ran,
     assert_each_file_in_one_order,
     assert_one_key_per_order,
     image_bytes,
     json_report,
     make_tree,
     run_cli,
+    run_cli_process,
 )
 
 
@@ -37,18 +39,12 @@ def env_for(box: Sandbox, **extra: str) -> dict[str, str]:
     return {"STYLDOD_API_KEY": box.api_key, "STYLDOD_BASE_URL": box.base_url, **extra}
 
 
-async def upload(
-    box: Sandbox, *args: str | Path, cwd: Path | None = None
-) -> subprocess.CompletedProcess[str]:
-    return await asyncio.to_thread(
-        run_cli,
-        "upload",
-        *map(str, args),
-        "--json",
-        "--no-progress",
-        env=env_for(box),
-        cwd=cwd,
-    )
+async def upload(box: Sandbox, *args: str | Path, cwd: Path | None = None) -> Ran:
+    """``upload ARGS``: in this process, or in a process of its own started in ``cwd``."""
+    argv = ("upload", *map(str, args), "--json", "--no-progress")
+    if cwd is None:
+        return await asyncio.to_thread(run_cli, *argv, env=env_for(box))
+    return await asyncio.to_thread(run_cli_process, *argv, env=env_for(box), cwd=cwd)
 
 
 def order_names(box: Sandbox) -> list[str]:

@@ -22,7 +22,7 @@ from styldod_batch.progress import Meter, ProgressShow
 from styldod_batch.report import Report
 from styldod_batch.sandbox import Faults, Sandbox
 from styldod_batch.sandbox.pytest_plugin import SandboxFactory
-from tests.helpers import REPO, json_report, make_tree, run_cli
+from tests.helpers import REPO, json_report, make_tree, run_cli, run_cli_process
 from tests.runner_inprocess import run_main
 
 
@@ -160,8 +160,8 @@ async def test_a_json_log_is_one_object_per_line(
 ) -> None:
     make_tree(tmp_path / "photos", folders=2, files=3, size=300)
     (tmp_path / "photos" / "listing-01" / "empty.jpg").write_bytes(b"")
-    # Half the PUTs answered 503: retried, and each retry logged.
-    box = await sandbox_factory(rps=1000, faults=Faults(storage_5xx=0.5))
+    # The first three PUTs answered 503: retried, and each retry logged.
+    box = await sandbox_factory(rps=1000, faults=Faults(storage_5xx_next=3))
 
     completed = await asyncio.to_thread(
         run_cli,
@@ -196,7 +196,7 @@ async def test_a_json_log_is_one_object_per_line(
 async def test_version_suggestions_and_one_line_errors() -> None:
     # The runner in a process of its own once (its start, its exit status, its streams); the
     # same manners in this process after it.
-    version = run_cli("--version")
+    version = run_cli_process("--version")
     assert version.returncode == 0 and version.stdout.startswith("styldod-batch ")
 
     typo = await run_main("upload", "photos", "--dry-rn")

@@ -81,7 +81,7 @@ async def test_sigkill_at_random_moments_then_rerun_creates_each_order_once(
         await asyncio.to_thread(process.communicate)
         if process.returncode == 0:
             break
-    final = await asyncio.to_thread(run_cli, *args, env=env_for(box), cwd=REPO)
+    final = await asyncio.to_thread(run_cli, *args, env=env_for(box))
     assert final.returncode == 0, f"seed {seed}: {final.stderr}"
     report = json_report(final)
     assert kills >= 10, f"seed {seed}"
@@ -92,7 +92,7 @@ async def test_sigkill_at_random_moments_then_rerun_creates_each_order_once(
 
     # A re-run of the finished job sends no PUT and no order request.
     before = len(box.log)
-    again = await asyncio.to_thread(run_cli, *args, env=env_for(box), cwd=REPO)
+    again = await asyncio.to_thread(run_cli, *args, env=env_for(box))
     assert again.returncode == 0, again.stderr
     rerun = json_report(again)
     assert rerun["images"]["already_done"] == 300 and rerun["images"]["uploaded"] == 0
@@ -213,7 +213,7 @@ async def test_sigint_finishes_in_flight_work_and_a_rerun_completes(
     assert "finishing what is in flight" in stderr
     uploaded_before = report["images"]["uploaded"]
 
-    final = await asyncio.to_thread(run_cli, *args, env=env_for(box), cwd=REPO)
+    final = await asyncio.to_thread(run_cli, *args, env=env_for(box))
     assert final.returncode == 0, final.stderr
     again = json_report(final)
     assert again["images"]["already_done"] >= uploaded_before

@@ -46,9 +46,7 @@ async def test_refused_urls_odd_retry_afters_and_a_redirect_cost_only_their_file
     )
     box = await sandbox_factory(faults=faults)
 
-    completed = await asyncio.to_thread(
-        run_cli, "upload", str(photos), "--json", env=env_for(box), timeout=900
-    )
+    completed = await asyncio.to_thread(run_cli, "upload", str(photos), "--json", env=env_for(box))
 
     assert completed.returncode == 1, completed.stderr
     assert "Traceback" not in completed.stderr

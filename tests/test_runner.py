@@ -1,9 +1,9 @@
-"""The ``styldod-batch upload`` runner as a user runs it: a real process against the sandbox."""
+"""The ``styldod-batch upload`` runner as a user runs it, against the sandbox: in this process,
+and the memory bound in a process of its own (its peak is the whole process's)."""
 
 from __future__ import annotations
 
 import asyncio
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +13,12 @@ from styldod_batch.engine import Uploader
 from styldod_batch.sandbox import KeyConfig
 from styldod_batch.sandbox.pytest_plugin import SandboxFactory
 from styldod_batch.settings import Settings
-from tests.helpers import json_report, make_tree, run_cli
+from tests.helpers import Ran, json_report, make_tree, run_cli, run_cli_process
 
 SECRET_KEY = "sk-live-7c1f9e0b2d4a"
 
 
-async def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+async def cli(*args: str, env: dict[str, str] | None = None) -> Ran:
     return await asyncio.to_thread(run_cli, *args, env=env)
 
 
@@ -170,7 +170,8 @@ async def test_more_files_larger_than_the_bound_than_uploads_at_once_within_100_
             handle.seek(SIZE - 2)
             handle.write(b"\xff\xd9")
     box = await sandbox_factory()
-    completed = await cli(
+    completed = await asyncio.to_thread(
+        run_cli_process,
         "upload",
         str(tmp_path),
         "--upload-rps",

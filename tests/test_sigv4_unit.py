@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from typing import Any
 from unittest import mock
 
@@ -15,7 +16,10 @@ from styldod_batch.sandbox.sigv4 import object_path, presign
 MOMENT = dt.datetime(2026, 12, 1, 18, 2, 32, tzinfo=dt.UTC)
 
 
+@functools.cache
 def botocore_client() -> Any:
+    """One client for the module: botocore reads its service models (JSON, about a second of
+    CPU) for each new session."""
     return botocore.session.get_session().create_client(
         "s3",
         endpoint_url="http://127.0.0.1:8333",

@@ -35,6 +35,9 @@ class Faults:
     # The next N API calls are answered 429 (after the key's own window, before ``api_429``'s
     # roll): a test that needs a 429 gets one.
     api_429_next: int = 0
+    # The next N PUTs are answered 503 (before ``storage_5xx``'s roll): a test that needs a
+    # retried PUT gets one, and no file fails for want of luck.
+    storage_5xx_next: int = 0
     # The Retry-After values injected 429s carry (garbage and huge ones included, to see a
     # client cope), taken in turn: the first 429 carries the first, so a test knows it was sent.
     retry_after_values: tuple[str, ...] = ("1",)
@@ -60,7 +63,7 @@ class Faults:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ConfigurationError(f"fault probability {name}={value} is not in [0, 1]")
-        for name in ("storage_redirects", "api_429_next"):
+        for name in ("storage_redirects", "api_429_next", "storage_5xx_next"):
             if getattr(self, name) < 0:
                 raise ConfigurationError(f"{name}={getattr(self, name)} is negative")
         if not self.retry_after_values:

@@ -203,7 +203,8 @@ class StorageGateway:
                 headers={"Retry-After": faults.next_retry_after()},
             )
         roll -= faults.storage_429
-        if roll < faults.storage_5xx:
+        if faults.storage_5xx_next > 0 or roll < faults.storage_5xx:
+            faults.storage_5xx_next = max(0, faults.storage_5xx_next - 1)
             entry.fault = entry.error_code = "ServiceUnavailable"
             await _drain(request)
             return s3_error(503, "ServiceUnavailable", "Injected storage fault.", resource)
