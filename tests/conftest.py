@@ -55,7 +55,7 @@ SERIAL_TESTS = frozenset(
 # the short tests fill in around them, instead of one of them starting last and running alone.
 LONGEST_FIRST = (
     "test_manifest.py::test_an_interleaved_250k_row_manifest_plans_in_bounded_memory",
-    "test_runner.py::test_more_files_larger_than_the_bound_than_uploads_at_once_within_100_mb_of_memory",
+    "test_runner.py::test_more_large_files_than_uploads_at_once_hold_no_file_in_memory",
     "test_resume.py::test_sigkill_at_random_moments_then_rerun_creates_each_order_once",
     "test_ledger.py::test_four_overlapping_processes_six_times_each_image_in_one_order",
     "test_shared_ledger.py::test_four_overlapping_workers_on_postgres_order_each_image_once",
