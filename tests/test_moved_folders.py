@@ -9,6 +9,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from styldod_batch.ledger.records import PlacedCopy
+from styldod_batch.models import ImageItem
+from styldod_batch.pipeline.route import moved_result
+from styldod_batch.report import Report
 from styldod_batch.sandbox import Sandbox
 from styldod_batch.sandbox.pytest_plugin import SandboxFactory
 from tests.helpers import image_bytes
@@ -95,3 +99,18 @@ async def test_a_moved_folder_is_reported_as_its_listing_and_never_ordered_again
     again = await upload(box, state, str(tmp_path / "drive2" / "Unit-1"), "--reorder-moved")
     assert again.returncode == 0, again.stderr
     assert order_names(box) == ["Unit-1", "Unit-1 (drive2)", "Unit-2", "Unit-3"]
+
+
+def test_a_client_image_id_with_a_slash_keeps_its_listing_whole() -> None:
+    """The moved listing is the copies' own label, never read back out of "label/ID": a
+    manifest's client image IDs may hold a "/" ("rooms/kitchen.jpg")."""
+    report = Report()
+    for name, client_image_id in (("a.jpg", "rooms/kitchen.jpg"), ("b.jpg", "rooms/bath.jpg")):
+        copy = PlacedCopy("Unit-9", client_image_id, "Unit-9", f"/old/Unit-9/{name}")
+        item = ImageItem(f"/new/Unit-9/{name}", client_image_id, 10, 1, "image/jpeg", "Unit-9")
+        report.add_image(moved_result(item, copy))
+    assert report.moved_listings() == [{"listing": "/new/Unit-9", "same_as": "Unit-9", "images": 2}]
+    assert [m["same_as"] for m in report.moved] == [
+        "Unit-9/rooms/kitchen.jpg",
+        "Unit-9/rooms/bath.jpg",
+    ]

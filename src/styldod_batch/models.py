@@ -66,8 +66,10 @@ class ImageResult:
     resumed: bool = False
     # The order it is in, or (changed) was in.
     order: str | None = None
-    # (moved) The image of another listing whose very content it is: "label/client_image_id".
+    # (moved) The image of another listing whose very content it is: "label/client_image_id",
+    # and that listing's label alone (a client image ID may hold a "/").
     same_as: str | None = None
+    same_as_listing: str | None = None
 
 
 OrderStatus = Literal["created", "failed", "planned"]

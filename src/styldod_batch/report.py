@@ -93,6 +93,7 @@ class Report:
                     "path": result.path,
                     "client_image_id": result.client_image_id,
                     "same_as": result.same_as or "",
+                    "same_as_listing": result.same_as_listing or "",
                     "order": result.order or "",
                 }
             )
@@ -120,12 +121,13 @@ class Report:
         moved (or copied) whole."""
         by_folder: dict[str, list[str]] = {}
         for entry in self.moved:
-            by_folder.setdefault(os.path.dirname(entry["path"]), []).append(entry["same_as"])
+            folder = os.path.dirname(entry["path"])
+            by_folder.setdefault(folder, []).append(entry["same_as_listing"])
         found = []
-        for folder, same_as in sorted(by_folder.items()):
-            labels = {s.rpartition("/")[0] for s in same_as}
-            if len(labels) == 1 and len(same_as) == self._per_folder[folder]:
-                found.append({"listing": folder, "same_as": labels.pop(), "images": len(same_as)})
+        for folder, listings in sorted(by_folder.items()):
+            labels = set(listings)
+            if len(labels) == 1 and len(listings) == self._per_folder[folder]:
+                found.append({"listing": folder, "same_as": labels.pop(), "images": len(listings)})
         return found
 
     def add_order(self, result: OrderResult) -> None:

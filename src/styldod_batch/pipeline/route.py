@@ -144,6 +144,7 @@ def moved_result(item: ImageItem, copy: PlacedCopy) -> ImageResult:
         group=item.group,
         order=copy.order,
         same_as=copy.where,
+        same_as_listing=copy.label,
         error=f"the same content as {copy.where}, ordered in {copy.order} (from {copy.path}): "
         "not ordered again (--reorder-moved orders it again)",
     )
