@@ -9,6 +9,7 @@ import math
 import pytest
 
 from styldod_batch.budget import RateBudget
+from styldod_batch.budget.core import Grant
 from tests.virtual_clock import VirtualClock
 
 
@@ -50,6 +51,19 @@ async def test_a_grant_whose_request_left_late_counts_from_when_it_left() -> Non
     # The 21st grant waits a window after the first request really left, not after its
     # grant (which would be 1.015).
     assert times[-1] == pytest.approx(0.04 + 1.015)
+
+
+def test_a_late_body_moves_the_record_again_after_late_headers() -> None:
+    """A request with a body is told twice: its headers written, then its body's first chunk
+    going out with them. Late headers re-stamp it; a body later still re-stamps it again (it
+    was re-stamped once only: a run slowed by coverage left a request 55 ms after its
+    record)."""
+    stamps: list[float] = []
+    grant = Grant(100.0, lambda: stamps.append(len(stamps)))
+    grant.sent(100.006)  # the headers, late
+    grant.sent(100.008)  # the body's first chunk, within LATE_SEND_S of that: no new stamp
+    grant.sent(100.060)  # a body that took 60 ms to read
+    assert (grant.restamped, len(stamps)) == (True, 2)
 
 
 async def test_concurrent_callers_are_served_first_come_first_served() -> None:

@@ -83,7 +83,7 @@ class Grant:
     """One grant: when it was asked for (``time.monotonic``), and how to move its record to
     the time its request really left, if that was late."""
 
-    __slots__ = ("_restamp", "asked_at", "body_started", "granted_at", "restamped")
+    __slots__ = ("_restamp", "_stamped_at", "asked_at", "body_started", "granted_at", "restamped")
 
     def __init__(self, asked_at: float, restamp: Callable[[], None]) -> None:
         self.asked_at = asked_at
@@ -91,10 +91,16 @@ class Grant:
         self.restamped = False
         self.body_started = False
         self._restamp = restamp
+        self._stamped_at = asked_at
 
     def sent(self, at: float) -> None:
-        """The request is going on the wire at ``at`` (``time.monotonic``)."""
-        if not self.restamped and at - self.asked_at > LATE_SEND_S:
+        """The request is going on the wire at ``at`` (``time.monotonic``). A request with a
+        body is told twice: when its headers are written (aiohttp holds them back) and when
+        they leave with the body's first chunk. Each time it is late against its record, the
+        record moves there (a re-stamp never moves it back), so a late first signal does not
+        hide a later departure."""
+        if at - self._stamped_at > LATE_SEND_S:
+            self._stamped_at = at
             self.restamped = True
             self._restamp()
 
