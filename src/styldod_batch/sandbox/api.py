@@ -227,8 +227,7 @@ class OrderAPI:
                 headers={"Retry-After": str(max(1, math.ceil(wait)))},
             )
         roll = random.random()
-        if faults.api_429_next > 0 or roll < faults.api_429:
-            faults.api_429_next = max(0, faults.api_429_next - 1)
+        if faults.take_next("api_429_next") or roll < faults.api_429:
             entry.fault = "429"
             raise APIFailure(
                 429,

@@ -49,6 +49,15 @@ class Faults:
         self.retry_afters_sent += 1
         return value
 
+    def take_next(self, name: str) -> bool:
+        """Whether one of the next N requests of counter ``name`` (``storage_redirects``,
+        ``api_429_next``, ``storage_5xx_next``) is left; takes it if so."""
+        left: int = getattr(self, name)
+        if left <= 0:
+            return False
+        setattr(self, name, left - 1)
+        return True
+
     def validate(self) -> None:
         for name in (
             "api_5xx",

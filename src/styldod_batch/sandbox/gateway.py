@@ -203,8 +203,7 @@ class StorageGateway:
                 headers={"Retry-After": faults.next_retry_after()},
             )
         roll -= faults.storage_429
-        if faults.storage_5xx_next > 0 or roll < faults.storage_5xx:
-            faults.storage_5xx_next = max(0, faults.storage_5xx_next - 1)
+        if faults.take_next("storage_5xx_next") or roll < faults.storage_5xx:
             entry.fault = entry.error_code = "ServiceUnavailable"
             await _drain(request)
             return s3_error(503, "ServiceUnavailable", "Injected storage fault.", resource)
@@ -237,8 +236,7 @@ class StorageGateway:
             entry.fault = entry.error_code = "AccessDenied"
             await _drain(request)
             return s3_error(403, "AccessDenied", "Access Denied", request.path)
-        if faults.storage_redirects > 0 and request.host != self.alias_host:
-            faults.storage_redirects -= 1
+        if request.host != self.alias_host and faults.take_next("storage_redirects"):
             entry.fault = "redirect"
             await _drain(request)
             location = f"http://{self.alias_host}{request.raw_path}"
